@@ -1,0 +1,28 @@
+"The docs site built from a pipeline run, and the README generated from nbs/index.ipynb."
+from pathlib import Path
+
+from k4_nbdev.docs import build_docs, check_site, render_readme, project_root
+
+
+def test_readme_is_current():
+    readme = (project_root() / 'README.md').read_text()
+    assert readme == render_readme(), "README.md is stale: run `.venv/bin/k4-docs --readme` and commit it"
+
+
+def test_site_from_a_run_has_every_page_with_its_figures_and_tables(tiny_run, tmp_path):
+    run_nbs = Path(tiny_run['run_dir']) / 'notebooks'
+    site = build_docs(run_dir=tiny_run['run_dir'], out=tmp_path / 'site', renderer='smalldocs')
+    report = check_site(site, run_nbs)
+    numbered = sorted(p.stem for p in (project_root() / 'nbs').glob('[0-9]*.ipynb'))
+    assert report['page'].tolist() == ['index.html'] + [f'{n}.html' for n in numbered]
+    assert report['ok'].all(), report.to_string()
+    data = report.set_index('page').loc['00_data.html']
+    assert data['figures'] >= 1 and data['tables'] >= 3   # the executed data notebook has real outputs
+    home = (site / 'index.html').read_text()
+    assert 'make run' in home and '00_data.html' in home
+
+
+def test_check_site_flags_a_missing_figure(tiny_run, tmp_path):
+    site = build_docs(run_dir=None, out=tmp_path / 'clean', renderer='smalldocs')   # clean notebooks: no outputs
+    report = check_site(site, Path(tiny_run['run_dir']) / 'notebooks')            # ...but the run has figures
+    assert not report.set_index('page').loc['00_data.html', 'ok']
