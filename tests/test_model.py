@@ -1,0 +1,264 @@
+"The model: fused scan vs plain reference and mambapy, mamba-ssm parameter layout, padding, causality, backends, checkpoints."
+import io
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mambapy.mamba import MambaBlock, MambaConfig
+
+from k4_nbdev.model import (Mamba, MambaAttention, MODEL_SIZES, selective_scan, selective_scan_ref, create_mamba_attention_model,
+                            count_parameters, check_inputs, resolve_backend, make_mixer, mamba_ssm_available, BiLSTMMixer,
+                            module_shapes)
+
+# mamba-ssm's Mamba(d_model=128) (mamba_ssm/modules/mamba_simple.py): d_inner 256, dt_rank 8, d_state 16, d_conv 4.
+MAMBA_SSM_PARAMETERS_D128 = {
+    'A_log': (256, 16),
+    'D': (256,),
+    'in_proj.weight': (512, 128),
+    'conv1d.weight': (256, 1, 4),
+    'conv1d.bias': (256,),
+    'x_proj.weight': (40, 256),
+    'dt_proj.weight': (256, 8),
+    'dt_proj.bias': (256,),
+    'out_proj.weight': (128, 256),
+}
+
+
+def scan_inputs(b=3, L=9, d=5, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, L, d, generator=g)
+    delta = F.softplus(torch.randn(b, L, d, generator=g) - 1)
+    A = -torch.rand(d, n, generator=g) * 3 - 0.1
+    B, C, D = torch.randn(b, L, n, generator=g), torch.randn(b, L, n, generator=g), torch.randn(d, generator=g)
+    return [t.requires_grad_() for t in (u, delta, A, B, C, D)]
+
+
+def value_and_grads(f, args, weight):
+    y = f(*args)
+    return [y, *torch.autograd.grad((y * weight).sum(), args)]
+
+
+def assert_close(a, b, tol=1e-5):
+    "Agreement to tol, relative to the magnitude when it exceeds 1."
+    err = (a - b).abs().max().item()
+    assert err <= tol * max(1.0, a.abs().max().item()), f'max abs error {err:.3g}'
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_fused_scan_equals_reference_forward_and_gradients(seed):
+    args = scan_inputs(seed=seed)
+    weight = torch.randn(3, 9, 5, generator=torch.Generator().manual_seed(seed + 10))
+    for ref, fast in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(selective_scan, args, weight)):
+        assert_close(ref, fast)
+    with torch.no_grad(): assert_close(selective_scan_ref(*args), selective_scan(*args))
+
+
+def test_fused_scan_is_exact_in_float64():
+    args = [t.detach().double().requires_grad_() for t in scan_inputs(seed=5)]
+    weight = torch.randn(3, 9, 5, dtype=torch.float64)
+    for ref, fast in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(selective_scan, args, weight)):
+        assert_close(ref, fast, tol=1e-12)
+
+
+def test_block_with_reference_scan_equals_fused_block():
+    torch.manual_seed(0)
+    fast = Mamba(16)
+    ref = Mamba(16, scan=selective_scan_ref)
+    ref.load_state_dict(fast.state_dict(), strict=True)
+    x = torch.randn(2, 11, 16, requires_grad=True)
+    y_fast, y_ref = fast(x), ref(x)
+    assert_close(y_ref, y_fast)
+    g_fast = torch.autograd.grad(y_fast.pow(2).sum(), [x, *fast.parameters()])
+    g_ref = torch.autograd.grad(y_ref.pow(2).sum(), [x, *ref.parameters()])
+    for a, b in zip(g_ref, g_fast): assert_close(a, b)
+
+
+@pytest.mark.parametrize('pscan', [True, False])
+def test_block_equals_mambapy_given_the_same_weights(pscan):
+    torch.manual_seed(0)
+    ours = Mamba(16)
+    peer = MambaBlock(MambaConfig(d_model=16, n_layers=1, pscan=pscan))
+    peer.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 13, 16, requires_grad=True)
+    y_ours, y_peer = ours(x), peer(x)
+    assert_close(y_peer, y_ours)
+    weight = torch.randn_like(y_ours)
+    names = [n for n, _ in ours.named_parameters()]
+    g_ours = dict(zip(['x', *names], torch.autograd.grad((y_ours * weight).sum(), [x, *ours.parameters()])))
+    peer_params = dict(peer.named_parameters())
+    g_peer = dict(zip(['x', *names], torch.autograd.grad((y_peer * weight).sum(), [x, *(peer_params[n] for n in names)])))
+    for name in g_ours: assert_close(g_peer[name], g_ours[name])
+
+
+def test_parameter_names_and_shapes_equal_mamba_ssm():
+    params = {n: tuple(p.shape) for n, p in Mamba(128).named_parameters()}
+    assert params == MAMBA_SSM_PARAMETERS_D128
+
+
+def test_initialisation_follows_mamba_ssm():
+    torch.manual_seed(0)
+    block = Mamba(128)
+    assert torch.equal(block.A_log.data, torch.log(torch.arange(1, 17.)).repeat(256, 1))
+    assert torch.equal(block.D.data, torch.ones(256))
+    steps = F.softplus(block.dt_proj.bias.detach())
+    assert steps.min() >= 1e-3 * (1 - 1e-5) and steps.max() <= 0.1 * (1 + 1e-5)
+    assert block.dt_proj.weight.abs().max() <= 8 ** -0.5
+    assert block.A_log._no_weight_decay and block.D._no_weight_decay
+    assert block.in_proj.bias is None and block.out_proj.bias is None and block.x_proj.bias is None
+    no_decay = {n for n, p in block.named_parameters() if getattr(p, '_no_weight_decay', False)}
+    assert no_decay == {'A_log', 'D'}
+
+
+def padded_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 12, 69, generator=g)
+    mask = torch.ones(4, 12)
+    mask[0, :5] = 0
+    mask[2, :11] = 0
+    noisy = x.clone()
+    noisy[mask == 0] = torch.randn(int((mask == 0).sum()), 69, generator=g) * 1e3
+    noisy[0, 1, 7] = float('nan')
+    noisy[2, 0, 0] = float('inf')
+    return x, noisy, mask
+
+
+@pytest.mark.parametrize('backend', ['torch', 'lstm'])
+@pytest.mark.parametrize('grad', [False, True])
+def test_padded_contents_never_change_the_logits(backend, grad):
+    torch.manual_seed(0)
+    model = create_mamba_attention_model(model_size='small', backend=backend).eval()
+    x, noisy, mask = padded_batch()
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(model(x, mask), model(noisy, mask))
+        assert torch.equal(model(x, mask.bool()), model(noisy, mask))
+
+
+def test_all_padded_rows_raise_naming_the_rows():
+    model = create_mamba_attention_model(model_size='small', backend='torch')
+    x, _, mask = padded_batch()
+    mask[1] = 0
+    mask[3] = 0
+    with pytest.raises(ValueError, match=r'batch rows \[1, 3\] are all padding'):
+        model(x, mask)
+
+
+@pytest.mark.parametrize('bad, message', [
+    (lambda x, m: (x[..., :68], m), r'x must have shape \(batch, seq_len, 69\)'),
+    (lambda x, m: (x[0], m), r'x must have shape'),
+    (lambda x, m: (x, m[:, 1:]), r'mask must have shape'),
+    (lambda x, m: (x, m * 3), r'only 0/1'),
+])
+def test_bad_inputs_raise_clear_errors(bad, message):
+    model = create_mamba_attention_model(model_size='small', backend='torch')
+    x, _, mask = padded_batch()
+    with pytest.raises(ValueError, match=message):
+        model(*bad(x, mask))
+
+
+def test_mamba_stack_is_causal():
+    torch.manual_seed(0)
+    model = create_mamba_attention_model(model_size='small', backend='torch').eval()
+    x, _, mask = padded_batch()
+    m = check_inputs(x, mask, 69)
+    for t in range(0, 12, 3):
+        later = x.clone()
+        later[:, t + 1:] = torch.randn_like(later[:, t + 1:])
+        with torch.no_grad():
+            before, after = model.encode(x, m), model.encode(later, m)
+        assert torch.equal(before[:, :t + 1], after[:, :t + 1])
+    block = Mamba(8)
+    y = torch.randn(2, 10, 8, requires_grad=True)
+    grad, = torch.autograd.grad(block(y)[:, 4].sum(), y)
+    assert grad[:, 5:].abs().max() == 0 and grad[:, :5].abs().max() > 0
+
+
+def test_checkpoint_round_trip_gives_identical_outputs():
+    torch.manual_seed(0)
+    model = create_mamba_attention_model(model_size='small', backend='torch').eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(1)
+    loaded = create_mamba_attention_model(model_size='small', backend='torch').eval()
+    loaded.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    x, _, mask = padded_batch()
+    with torch.no_grad():
+        assert torch.equal(model(x, mask), loaded(x, mask))
+
+
+class FakeMambaSSM(MambaBlock):
+    "Stands in for mamba_ssm.Mamba here (no CUDA): mamba-ssm's constructor, mambapy's maths."
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2):
+        super().__init__(MambaConfig(d_model=d_model, n_layers=1, d_state=d_state, d_conv=d_conv, expand_factor=expand))
+
+
+@pytest.fixture
+def fake_cuda_backend(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'mamba_ssm', types.SimpleNamespace(Mamba=FakeMambaSSM))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+
+
+def test_state_dict_moves_between_torch_and_cuda_backends(fake_cuda_backend):
+    assert mamba_ssm_available() and resolve_backend('auto') == 'cuda'
+    torch.manual_seed(0)
+    cpu = create_mamba_attention_model(model_size='small', backend='torch').eval()
+    gpu = create_mamba_attention_model(model_size='small', backend='cuda').eval()
+    assert isinstance(gpu.mixers[0], FakeMambaSSM)
+    x, _, mask = padded_batch()
+    gpu.load_state_dict(cpu.state_dict(), strict=True)
+    with torch.no_grad(): assert_close(cpu(x, mask), gpu(x, mask))
+    torch.manual_seed(3)
+    trained_on_gpu = create_mamba_attention_model(model_size='small', backend='cuda').eval()
+    cpu.load_state_dict(trained_on_gpu.state_dict(), strict=True)
+    with torch.no_grad(): assert_close(trained_on_gpu(x, mask), cpu(x, mask))
+
+
+def test_backend_resolution():
+    assert resolve_backend('torch') == 'torch' and resolve_backend('lstm') == 'lstm'
+    with pytest.raises(ValueError, match='backend must be one of'):
+        resolve_backend('gpu')
+    if not mamba_ssm_available():
+        assert resolve_backend('auto') == 'torch'
+        with pytest.raises(RuntimeError, match='needs a CUDA GPU and the mamba-ssm package'):
+            make_mixer(16, 'cuda')
+    assert isinstance(make_mixer(16, 'lstm'), BiLSTMMixer) and isinstance(make_mixer(16, 'torch'), Mamba)
+    with pytest.raises(ValueError, match='model_size must be one of'):
+        create_mamba_attention_model(model_size='huge')
+    with pytest.raises(ValueError, match='must divide d_model'):
+        MambaAttention(d_model=30, n_heads=4)
+
+
+def test_preset_parameter_counts():
+    counts = {size: count_parameters(create_mamba_attention_model(model_size=size, backend='torch')) for size in MODEL_SIZES}
+    assert counts == {'small': 285062, 'base': 539782, 'large': 1892998}
+    for d in (64, 128, 256): assert count_parameters(Mamba(d)) == 6.25 * d ** 2 + 110 * d
+
+
+@pytest.mark.parametrize('backend', ['torch', 'lstm'])
+def test_predict_proba_and_predict(backend):
+    model = create_mamba_attention_model(model_size='small', backend=backend).train()
+    x, _, mask = padded_batch()
+    p = model.predict_proba(x, mask)
+    assert p.shape == (4, 6) and not p.requires_grad
+    assert torch.allclose(p.sum(-1), torch.ones(4))
+    assert torch.equal(model.predict(x, mask), p.argmax(-1))
+    assert model.training
+    assert model(x).shape == (4, 6)
+
+
+def test_training_step_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = create_mamba_attention_model(model_size='small', backend='torch')
+    x, _, mask = padded_batch()
+    F.cross_entropy(model(x, mask), torch.tensor([0, 1, 4, 5])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+def test_module_shapes_table():
+    model = create_mamba_attention_model(model_size='small', backend='torch')
+    table = module_shapes(model, torch.randn(2, 7, 69), torch.ones(2, 7))
+    rows = dict(zip(table['module'], table['output shape']))
+    assert rows['input_proj'] == (2, 7, 64) and rows['mixers.0.in_proj'] == (2, 7, 256) and rows['head'] == (2, 6)
