@@ -208,34 +208,34 @@ def read_store(path, # store folder or long parquet file
 @dataclass(frozen=True)
 class MarketParams:
     "Knobs of the synthetic market; the defaults are the calibrated market used by the pipeline."
-    mu: float = 0.0003              # daily drift of log price outside episodes
+    mu: float = -0.00014            # daily drift of log price outside episodes
     omega: float = 4e-6             # GARCH(1,1) constant
     alpha: float = 0.08             # GARCH(1,1) shock coefficient
     beta: float = 0.90              # GARCH(1,1) persistence
     t_dof: float = 4.0              # Student-t degrees of freedom of the innovations (fat tails)
-    vol_spread: float = 0.35        # cross-sectional spread of long-run volatility (log-normal sigma)
-    intraday: float = 0.6           # intraday range relative to the daily volatility
+    vol_spread: float = 0.23        # cross-sectional spread of long-run volatility (log-normal sigma)
+    intraday: float = 2.7           # intraday range relative to the daily volatility
     volume_ar: float = 0.7          # AR(1) coefficient of log volume
     volume_noise: float = 0.35      # innovation std of log volume
     volume_abs_ret: float = 0.45    # log-volume response to |return| / volatility
-    episode_gap: float = 90.0       # mean trading days between planted consolidations
-    episode_min: int = 10           # shortest planted consolidation (days)
-    episode_max: int = 60           # longest planted consolidation (days)
-    squeeze: float = 0.30           # volatility multiplier inside an episode at q = 0
-    squeeze_q: float = 0.08         # how much each unit of q deepens the squeeze
-    volume_squeeze: float = 0.45    # volume multiplier inside an episode
+    episode_gap: float = 114.0      # mean trading days between planted consolidations
+    episode_min: int = 56           # shortest planted consolidation (days)
+    episode_max: int = 273          # longest planted consolidation (days)
+    squeeze: float = 0.19           # volatility multiplier inside an episode at q = 0
+    squeeze_q: float = 0.02         # how much each unit of q deepens the squeeze
+    volume_squeeze: float = 0.07    # volume multiplier inside an episode
     accumulation: float = 0.25      # extra log volume on up days per unit of q during an episode
-    up_bias: float = 0.2            # logit of breaking up at q = 0
-    up_q: float = 0.8               # logit slope of breaking up per unit of q
-    move_log_mean: float = -2.0     # log of the median breakout size at q = 0
-    move_q: float = 0.35            # log size per unit of q
-    move_log_std: float = 0.75      # dispersion of log breakout size (heavy right tail)
-    move_days_min: int = 5          # shortest breakout move (days)
-    move_days_max: int = 40         # longest breakout move (days)
+    up_bias: float = -0.23          # logit of breaking up at q = 0
+    up_q: float = 0.25              # logit slope of breaking up per unit of q
+    move_log_mean: float = -3.58    # log of the median breakout size at q = 0
+    move_q: float = 0.28            # log size per unit of q
+    move_log_std: float = 1.28      # dispersion of log breakout size (heavy right tail)
+    move_days_min: int = 18         # shortest breakout move (days)
+    move_days_max: int = 33         # longest breakout move (days)
 
 SCALES = {'tiny': dict(n_tickers=8, n_days=756),
-          'quick': dict(n_tickers=200, n_days=2520),
-          'full': dict(n_tickers=1500, n_days=2520)}
+          'quick': dict(n_tickers=800, n_days=2520),
+          'full': dict(n_tickers=3500, n_days=3780)}
 
 # %% ../nbs/00_data.ipynb #8f31db2f
 def _plant_episodes(rng:np.random.Generator, n_days:int, p:MarketParams) -> tuple:
