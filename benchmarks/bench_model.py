@@ -8,6 +8,7 @@ Mamba variants agree (logits and gradients). Run: python benchmarks/bench_model.
 """
 import argparse
 import copy
+import os
 import time
 
 import torch
@@ -85,6 +86,7 @@ def agreement(models, b=32):
 
 
 def main(quick=False):
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(2)
     torch.set_default_dtype(torch.float32)
     models = variants()
@@ -102,8 +104,10 @@ def main(quick=False):
             inf = rate(lambda: model.predict_proba(x, mask), b, budget)
             table[(name, b)] = (tr, inf)
             print(f'  measured {name:22s} batch {b:3d}: train {tr:8.1f}/s  inference {inf:8.1f}/s', flush=True)
+    load_after = os.getloadavg()[0]
 
-    print(f'\nMambaAttention {SIZE}, L={L}, {FEATURES} features, float32, {torch.get_num_threads()} threads, torch {torch.__version__}')
+    print(f'\nMambaAttention {SIZE}, L={L}, {FEATURES} features, float32, {torch.get_num_threads()} threads, torch {torch.__version__}, '
+          f'{os.cpu_count()} CPUs, load average {load_before:.2f} at the start, {load_after:.2f} at the end (1-min; other processes slow every engine)')
     print(f'{"engine":22s} | {"train b32":>10s} {"train b256":>10s} | {"infer b32":>10s} {"infer b256":>10s}   (samples/s)')
     for name in models:
         (t32, i32), (t256, i256) = table[(name, 32)], table[(name, 256)]

@@ -7,7 +7,7 @@ __all__ = ['BACKENDS', 'MODEL_SIZES', 'selective_scan_ref', 'SelectiveScanFn', '
            'resolve_backend', 'BiLSTMMixer', 'make_mixer', 'check_inputs', 'zero_padding', 'MambaAttention',
            'create_mamba_attention_model', 'count_parameters', 'module_shapes']
 
-# %% ../nbs/03_model.ipynb #4eb0770f
+# %% ../nbs/03_model.ipynb #1f09ca5f
 import importlib
 import math
 import pandas as pd
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/03_model.ipynb #13fa4efe
+# %% ../nbs/03_model.ipynb #1c8c62ae
 def selective_scan_ref(u:torch.Tensor, # inputs (B, L, D)
                        delta:torch.Tensor, # positive step sizes Δ (B, L, D), softplus already applied
                        A:torch.Tensor, # negative decay rates (D, N)
@@ -33,7 +33,7 @@ def selective_scan_ref(u:torch.Tensor, # inputs (B, L, D)
         ys.append((h * C[:, t, None, :]).sum(-1))
     return torch.stack(ys, dim=1) + u * D
 
-# %% ../nbs/03_model.ipynb #57565333
+# %% ../nbs/03_model.ipynb #d4741fef
 def _scan_states(u:torch.Tensor, # inputs, time first (L, B, D)
                  delta:torch.Tensor, # step sizes, time first (L, B, D)
                  A:torch.Tensor, # decay rates (D, N)
@@ -56,7 +56,7 @@ def _scan_states(u:torch.Tensor, # inputs, time first (L, B, D)
         torch.matmul(h, C[t, :, :, None], out=ys[t, :, :, None])
     return ys, (hs if keep_states else None)
 
-# %% ../nbs/03_model.ipynb #9ff4f463
+# %% ../nbs/03_model.ipynb #2ef636bd
 class SelectiveScanFn(torch.autograd.Function):
     "The selective scan without the skip term, fused: in-place forward recurrence, hand-written backward."
     @staticmethod
@@ -90,10 +90,10 @@ class SelectiveScanFn(torch.autograd.Function):
                 torch.sum(x.mul_(A), dim=-1, out=grad_delta_decay[t])
         grad_u = grad_write * delta
         grad_delta = grad_write * u + grad_delta_decay
-        return (grad_u.transpose(0, 1), grad_delta.transpose(0, 1), grad_A.sum(0),
+        return (grad_u.transpose(0, 1), grad_delta.transpose(0, 1), grad_A.sum(0).to(A.dtype),
                 grad_B.transpose(0, 1), grad_C.transpose(0, 1))
 
-# %% ../nbs/03_model.ipynb #3b37f221
+# %% ../nbs/03_model.ipynb #def12600
 def selective_scan(u:torch.Tensor, # inputs (B, L, D)
                    delta:torch.Tensor, # positive step sizes Δ (B, L, D), softplus already applied
                    A:torch.Tensor, # negative decay rates (D, N)
@@ -109,7 +109,7 @@ def selective_scan(u:torch.Tensor, # inputs (B, L, D)
                          *(t.transpose(0, 1).contiguous() for t in (B, C)), keep_states=False)[0].transpose(0, 1)
     return y + u * D
 
-# %% ../nbs/03_model.ipynb #fd4a5179
+# %% ../nbs/03_model.ipynb #c83cd539
 class Mamba(nn.Module):
     "Mamba (selective state-space) block in pure PyTorch with mamba-ssm's parameter names, shapes and initialisation."
     def __init__(self,
@@ -153,7 +153,7 @@ class Mamba(nn.Module):
         y = self.scan(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float())
         return self.out_proj(y * F.silu(z))
 
-# %% ../nbs/03_model.ipynb #4fbf3590
+# %% ../nbs/03_model.ipynb #bde62eb2
 BACKENDS = ('torch', 'cuda', 'lstm', 'auto')
 
 def mamba_ssm_available()->bool: # True when CUDA is available and mamba-ssm imports
@@ -163,7 +163,7 @@ def mamba_ssm_available()->bool: # True when CUDA is available and mamba-ssm imp
     except Exception: return False
     return True
 
-# %% ../nbs/03_model.ipynb #3ae81748
+# %% ../nbs/03_model.ipynb #a86e5dc5
 def resolve_backend(backend:str='auto', # 'torch', 'cuda', 'lstm' or 'auto'
                    )->str: # the backend that will run: 'torch', 'cuda' or 'lstm'
     "Turn a backend name into the engine that runs, with a clear error for an unknown or unavailable one."
@@ -174,7 +174,7 @@ def resolve_backend(backend:str='auto', # 'torch', 'cuda', 'lstm' or 'auto'
                            f"(cuda available: {torch.cuda.is_available()}); install the `cuda` extra or use backend='torch'")
     return backend
 
-# %% ../nbs/03_model.ipynb #c07ffdc1
+# %% ../nbs/03_model.ipynb #fee9c17a
 class BiLSTMMixer(nn.Module):
     "The reference's CPU fallback: a bidirectional LSTM mapping (B, L, d_model) to (B, L, d_model)."
     def __init__(self, d_model:int # model width (even)
@@ -187,7 +187,7 @@ class BiLSTMMixer(nn.Module):
                )->torch.Tensor: # outputs (B, L, d_model)
         return self.lstm(x)[0]
 
-# %% ../nbs/03_model.ipynb #91437f04
+# %% ../nbs/03_model.ipynb #2cd2632a
 def make_mixer(d_model:int, # model width
                backend:str='auto', # 'torch', 'cuda', 'lstm' or 'auto'
               )->nn.Module: # module mapping (B, L, d_model) to (B, L, d_model)
@@ -198,7 +198,7 @@ def make_mixer(d_model:int, # model width
         return importlib.import_module('mamba_ssm').Mamba(d_model=d_model, d_state=16, d_conv=4, expand=2)
     return Mamba(d_model)
 
-# %% ../nbs/03_model.ipynb #a60b4cc7
+# %% ../nbs/03_model.ipynb #e02ece65
 def check_inputs(x:torch.Tensor, # features (B, L, F)
                  mask:torch.Tensor|None, # 1/True = real bar, 0/False = padding (B, L); None = all real
                  n_features:int, # the expected F
@@ -218,19 +218,19 @@ def check_inputs(x:torch.Tensor, # features (B, L, F)
         raise ValueError(f"batch rows {empty} are all padding (mask all 0): there is no real bar to predict from; drop these rows")
     return mask
 
-# %% ../nbs/03_model.ipynb #1cc1ea45
+# %% ../nbs/03_model.ipynb #85034a35
 def zero_padding(x:torch.Tensor, # activations (B, L, d)
                  mask:torch.Tensor, # bool mask (B, L), True = real bar
                 )->torch.Tensor: # x with exact zeros at padded positions
     "Overwrite padded positions with zeros (NaN-safe)."
     return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-# %% ../nbs/03_model.ipynb #6f6953c5
+# %% ../nbs/03_model.ipynb #03e6bd26
 MODEL_SIZES = {'small': dict(d_model=64, n_layers=2, n_heads=4),
                'base': dict(d_model=128, n_layers=2, n_heads=8),
                'large': dict(d_model=256, n_layers=3, n_heads=16)}
 
-# %% ../nbs/03_model.ipynb #c5928fe6
+# %% ../nbs/03_model.ipynb #31bae6f9
 class MambaAttention(nn.Module):
     "Mamba layers + masked self-attention + masked mean pooling + dense head: (B, L, input_dim) sequences to class logits."
     def __init__(self,
@@ -290,7 +290,7 @@ class MambaAttention(nn.Module):
         "Most probable class index."
         return self.predict_proba(x, mask).argmax(-1)
 
-# %% ../nbs/03_model.ipynb #ae3d92ac
+# %% ../nbs/03_model.ipynb #e1b38f1e
 def create_mamba_attention_model(input_dim:int=69, # features per bar
                                  n_classes:int=6, # output classes
                                  model_size:str='base', # 'small', 'base' or 'large' (see `MODEL_SIZES`)
@@ -301,13 +301,13 @@ def create_mamba_attention_model(input_dim:int=69, # features per bar
     if model_size not in MODEL_SIZES: raise ValueError(f"model_size must be one of {list(MODEL_SIZES)}, got {model_size!r}")
     return MambaAttention(input_dim, n_classes, dropout=dropout, backend=backend, **MODEL_SIZES[model_size])
 
-# %% ../nbs/03_model.ipynb #e1fc15de
+# %% ../nbs/03_model.ipynb #2136fee3
 def count_parameters(model:nn.Module # any module
                     )->int: # number of trainable parameters
     "Trainable parameter count."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/03_model.ipynb #b9413685
+# %% ../nbs/03_model.ipynb #2c6f844a
 def module_shapes(model:nn.Module, # the model
                   *args, # inputs of one forward call
                  ):
