@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from k4_nbdev.data import fingerprint, write_store, synthetic_market
-from k4_nbdev.pipeline import STAGES, StageError, run_pipeline, stage_parameters
+from k4_nbdev.pipeline import ARTIFACTS, STAGES, StageError, run_pipeline, stage_parameters
 
 
 def test_tiny_run_writes_every_artifact(tiny_run):
@@ -21,14 +21,16 @@ def test_tiny_run_writes_every_artifact(tiny_run):
     assert record['params']['scale'] == 'tiny' and record['versions']['torch']
     assert record['fingerprints']['ohlcv'] == fingerprint(run_dir / 'ohlcv')
     assert (run_dir / 'synthetic_ticker.png').stat().st_size > 10_000
+    for artifact in ARTIFACTS.values():
+        assert record['fingerprints'][artifact] == fingerprint(run_dir / artifact)
 
 
 def test_every_stage_declares_output_dir():
-    for stage in STAGES: assert 'output_dir' in stage_parameters(stage)
+    for stage in ARTIFACTS: assert 'output_dir' in stage_parameters(stage)
 
 
 def test_parameters_reach_the_notebook(tmp_path, tiny_run):
-    other = run_pipeline('seed1', tmp_path, params={'scale': 'tiny', 'seed': 1}, verbose=False)
+    other = run_pipeline('seed1', tmp_path, params={'scale': 'tiny', 'seed': 1}, stages=['00_data'], verbose=False)
     assert other['fingerprints']['ohlcv'] != tiny_run['fingerprints']['ohlcv']
     nb = (Path(other['run_dir']) / 'notebooks' / '00_data.ipynb').read_text()
     assert 'seed = 1' in nb
@@ -37,16 +39,18 @@ def test_parameters_reach_the_notebook(tmp_path, tiny_run):
 def test_failure_names_notebook_and_cell_then_resume(tmp_path):
     store = tmp_path / 'store'   # does not exist yet: the data stage must fail
     with pytest.raises(StageError) as e:
-        run_pipeline('broken', tmp_path, params={'data_source': str(store)}, verbose=False)
+        run_pipeline('broken', tmp_path, params={'data_source': str(store)}, stages=['00_data'], verbose=False)
     msg = str(e.value)
     assert '00_data' in msg and 'cell' in msg and 'does not exist' in msg
     record = json.loads((tmp_path / 'broken' / 'run.json').read_text())
     assert record['stages']['00_data']['status'] == 'failed'
     write_store(synthetic_market(3, 300, seed=0), store)
-    done = run_pipeline('broken', tmp_path, params={'data_source': str(store)}, resume=True, verbose=False)
+    done = run_pipeline('broken', tmp_path, params={'data_source': str(store)}, stages=['00_data'], resume=True,
+                        verbose=False)
     assert done['stages']['00_data']['status'] == 'done'
     with pytest.raises(ValueError, match='differ'):
-        run_pipeline('broken', tmp_path, params={'data_source': str(store), 'seed': 5}, resume=True, verbose=False)
+        run_pipeline('broken', tmp_path, params={'data_source': str(store), 'seed': 5}, stages=['00_data'], resume=True,
+                     verbose=False)
 
 
 def test_cli_reports_failure(tmp_path):
