@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYNC   := find nbs k4_nbdev README.md -type f \( -name '*.ipynb' -o -name '*.py' -o -name '*.md' \) -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum
 
-.PHONY: install run test sync-check docs clean
+.PHONY: install run test sync-check browser docs clean
 
 # torch is installed first and pinned: pip then takes the CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): settings.ini setup.py
@@ -35,11 +35,16 @@ sync-check: $(STAMP)
 	  git status --short -- nbs k4_nbdev README.md; exit 1; fi; \
 	echo "notebooks, package and README are in sync"
 
-test: sync-check
+# The docs site is checked in headless Chromium (Debian's package; Playwright drives it without a download).
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser check"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: sync-check browser
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest tests/ -q
 	$(BIN)/k4-pipeline --name docs --scale tiny
-	$(BIN)/k4-docs --run runs/docs
+	$(BIN)/k4-docs --run runs/docs --browser yes
 
 docs: $(STAMP)
 	$(BIN)/k4-docs --run runs/quick

@@ -12,7 +12,7 @@ __all__ = ['FEATURES', 'PATTERN_FEATURES', 'BAR_FEATURES', 'EBP_WINDOW', 'DATE_C
            'audit_sequences', 'input_mismatch', 'build_sequences', 'demo_inputs', 'build_sequences_cli',
            'plot_sequence', 'plot_class_distributions']
 
-# %% ../nbs/02_sequences.ipynb #5d9b7c0b
+# %% ../nbs/02_sequences.ipynb #8b648bd4
 import argparse
 import json
 import os
@@ -36,7 +36,7 @@ from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, bbw_percenti
                                indicators, market_snapshots, read_metadata, rolling_mean, rolling_std, safe_ratio,
                                write_table)
 
-# %% ../nbs/02_sequences.ipynb #8b4e8ca6
+# %% ../nbs/02_sequences.ipynb #6178ee82
 FEATURES = [
     # core (0-25)
     'days_since_activation', 'days_in_pattern', 'consolidation_channel_width_pct', 'consolidation_period_days',
@@ -65,7 +65,7 @@ PATTERN_FEATURES = [
 BAR_FEATURES = [f for f in FEATURES if f not in PATTERN_FEATURES]
 EBP_WINDOW = 100             # bars of `ebp_raw` behind each `ebp_composite` (its percentile rank)
 
-# %% ../nbs/02_sequences.ipynb #b13a828c
+# %% ../nbs/02_sequences.ipynb #2b7cda5d
 def shift(x:np.ndarray, # values of one ticker, oldest first
           k:int, # bars to look back (k >= 1)
          ) -> np.ndarray: # x[t - k] on bar t; NaN for the first k bars
@@ -117,7 +117,7 @@ def bars_since(event:np.ndarray, # 1.0 where the event happened, 0.0 where not, 
     age = rolling_apply(np.nan_to_num(event), n, latest)
     return np.where(np.isnan(rolling_apply(event, n, np.sum)), np.nan, age)
 
-# %% ../nbs/02_sequences.ipynb #8ad31101
+# %% ../nbs/02_sequences.ipynb #fdc11517
 def bar_features(df:pd.DataFrame, # one ticker's validated OHLCV, oldest first
                 ) -> pd.DataFrame: # BAR_FEATURES on the same rows; NaN where a window is not yet full
     "The 50 bar-level features of DOMAIN §6 for a whole ticker history, each from bars <= t only."
@@ -188,7 +188,7 @@ def bar_features(df:pd.DataFrame, # one ticker's validated OHLCV, oldest first
               'bbw_acceleration': rolling_mean(bbw_change - shift(bbw_change, 1), 3)})
     return pd.DataFrame(f, index=df.index)[BAR_FEATURES]
 
-# %% ../nbs/02_sequences.ipynb #bcc3cbe9
+# %% ../nbs/02_sequences.ipynb #da540b50
 class SequenceInputError(ValueError):
     "Snapshots or OHLCV that sequences cannot be built from; the message names ticker, date, column and reason."
 
@@ -246,7 +246,7 @@ def describe_problems(problems:pd.DataFrame, # `check_snapshots` output (not emp
             f"{first['column']!r}: {first['reason']}. By reason: {counts.to_dict()}. "
             "Fix the input, or skip these rows with skip_bad=True (--skip-bad).")
 
-# %% ../nbs/02_sequences.ipynb #9112929c
+# %% ../nbs/02_sequences.ipynb #baf3156a
 def pattern_positions(df:pd.DataFrame, # one ticker's OHLCV
                       snapshots:pd.DataFrame, # its snapshot rows, already checked (`check_snapshots`)
                      ) -> dict: # bar positions and pattern constants, one array entry per snapshot
@@ -305,7 +305,7 @@ def finalize(X:np.ndarray, # (S, L, 69) float64 with NaN for undefined values
     n_undefined = undefined.sum(axis=(1, 2))
     return np.where(valid[..., None] & ~undefined, X, 0).astype(np.float32), n_undefined
 
-# %% ../nbs/02_sequences.ipynb #e527fa63
+# %% ../nbs/02_sequences.ipynb #752b84d7
 META_COLUMNS = SNAPSHOT_COLUMNS + ['outcome_class', 'label_end_date', 'days_in_pattern', 'n_undefined', 'sequence_dates']
 
 def ticker_sequences(df:pd.DataFrame, # one ticker's validated OHLCV, oldest first
@@ -332,7 +332,7 @@ def ticker_sequences(df:pd.DataFrame, # one ticker's validated OHLCV, oldest fir
     meta['sequence_dates'] = list(dates.astype('datetime64[ns]'))
     return X, valid, meta
 
-# %% ../nbs/02_sequences.ipynb #791e085d
+# %% ../nbs/02_sequences.ipynb #ee33f87f
 def _ticker_job(args:tuple) -> tuple:
     "`ticker_sequences` in a worker."
     return ticker_sequences(*args)
@@ -378,7 +378,7 @@ def market_sequences(frames:dict, # ticker -> OHLCV frame
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             pd.concat([p[2] for p in parts], ignore_index=True))
 
-# %% ../nbs/02_sequences.ipynb #6c07302e
+# %% ../nbs/02_sequences.ipynb #f988745a
 def validate_sequences(X:np.ndarray, # (N, L, 69)
                        mask:np.ndarray, # (N, L) bool
                        meta:pd.DataFrame, # with `ticker`, `snapshot_date`, `sequence_dates`
@@ -484,7 +484,7 @@ def read_sequences(path, # sequences parquet written by `write_sequences`
     meta['sequence_dates'] = list(dates)
     return X, mask, meta
 
-# %% ../nbs/02_sequences.ipynb #e5f5e62a
+# %% ../nbs/02_sequences.ipynb #cfb3acb7
 AUDIT_COLUMNS = ['ticker', 'pattern_id', 'snapshot_date', 'n_cells', 'features', 'timesteps']
 
 def audit_sequences(sequences, # path of a sequences file, or (X, mask, meta) as `read_sequences` returns them
@@ -515,7 +515,7 @@ def audit_sequences(sequences, # path of a sequences file, or (X, mask, meta) as
     table.attrs['n_checked'] = len(pick)
     return table
 
-# %% ../nbs/02_sequences.ipynb #e9ebccf3
+# %% ../nbs/02_sequences.ipynb #f319a03b
 def input_mismatch(snapshots_path, # snapshots parquet written by the patterns stage
                    ohlcv_store, # OHLCV store the sequences are to be built from
                    frames:dict=None, # the store's frames, if already read
@@ -575,7 +575,7 @@ def demo_inputs(folder, # where to write `ohlcv/` and `snapshots.parquet`
     meta = {'stage': 'patterns', 'version': k4_nbdev.__version__, 'input': {'source': str(store), 'fingerprint': fingerprint(store)}}
     return write_table(snapshots, folder / 'snapshots.parquet', meta), store
 
-# %% ../nbs/02_sequences.ipynb #21b871ab
+# %% ../nbs/02_sequences.ipynb #4128c0a9
 def build_sequences_cli(argv:list=None, # arguments (default: `sys.argv[1:]`)
                        ):
     "Console script `k4-build-sequences`: build the 50x69 sequences of a snapshots file."
@@ -600,7 +600,7 @@ def build_sequences_cli(argv:list=None, # arguments (default: `sys.argv[1:]`)
     print(f"{summary['n_sequences']:,} sequences x {a.sequence_length} x {len(FEATURES)} in {summary['seconds']:.1f} s "
           f"-> {a.output}{skipped}")
 
-# %% ../nbs/02_sequences.ipynb #17d79f67
+# %% ../nbs/02_sequences.ipynb #2991941d
 def plot_sequence(X:np.ndarray, # (L, 69) one sequence
                   mask:np.ndarray, # (L,) its mask
                   title:str='', # figure title

@@ -9,7 +9,7 @@ __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'VALUES', 'CHECKPOINT
            'model_from_checkpoint', 'train', 'load_training_data', 'fit_model', 'lightgbm_baseline', 'plot_history',
            'plot_comparison', 'train_cli']
 
-# %% ../nbs/05_train.ipynb #1e86907a
+# %% ../nbs/05_train.ipynb #4e3df7c2
 import argparse
 import json
 import math
@@ -19,6 +19,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import torch
@@ -31,7 +32,7 @@ from .model import create_mamba_attention_model, count_parameters
 from .patterns import read_metadata
 from .sequences import FEATURES, read_sequences, demo_inputs, build_sequences
 
-# %% ../nbs/05_train.ipynb #36150bed
+# %% ../nbs/05_train.ipynb #48c01956
 class SplitError(ValueError):
     "The data cannot be split into non-empty, leak-free training and validation sets."
 
@@ -71,7 +72,7 @@ def split_table(meta:pd.DataFrame, # the sequences' metadata
                       **{c: f'{n} ({100 * n / len(idx):.1f}%)' for c, n in zip(CLASS_NAMES, counts)}}
     return pd.DataFrame(rows).T
 
-# %% ../nbs/05_train.ipynb #6923ada0
+# %% ../nbs/05_train.ipynb #5b0f96f5
 def walk_forward_folds(meta:pd.DataFrame, # the sequences' metadata
                        n_folds:int=3, # validation blocks at the end of the period
                        first_ratio:float=0.5, # date quantile where the first validation block starts
@@ -88,7 +89,7 @@ def walk_forward_folds(meta:pd.DataFrame, # the sequences' metadata
         folds.append((window.index.to_numpy()[train], window.index.to_numpy()[val], info))
     return folds
 
-# %% ../nbs/05_train.ipynb #4c054d12
+# %% ../nbs/05_train.ipynb #56befb30
 PRICE_FEATURES = ['current_price', 'current_high', 'current_low', 'baseline_volatility', 'start_price', 'upper_boundary',
                   'lower_boundary', 'power_boundary', 'avg_range_20d', 'ma_5', 'ma_10', 'ma_20']
 VOLUME_FEATURES = ['current_volume']
@@ -128,7 +129,7 @@ def apply_scaler(X:np.ndarray, # raw sequences (N, L, 69)
     Z[mask == 0] = 0
     return Z.astype(np.float32)
 
-# %% ../nbs/05_train.ipynb #7ac91a24
+# %% ../nbs/05_train.ipynb #f40c84cd
 VALUES = np.array(STRATEGIC_VALUES)
 
 def expected_value(probs:np.ndarray, # class probabilities (N, 6)
@@ -164,7 +165,7 @@ def classification_metrics(probs:np.ndarray, # class probabilities (N, 6)
             'k4_pr_auc': average_precision(np.asarray(probs)[:, K4], y == K4),
             'ev_corr': ev_corr, 'n': int(len(y)), 'n_k4': int((y == K4).sum())}
 
-# %% ../nbs/05_train.ipynb #f5becf7e
+# %% ../nbs/05_train.ipynb #fa3f3259
 def param_groups(model:torch.nn.Module, # the network
                  weight_decay:float=1e-5, # decay of weight matrices
                 ) -> list: # AdamW parameter groups
@@ -197,7 +198,7 @@ def predict_proba(model:torch.nn.Module, # trained network
             out.append(torch.softmax(model(x, m), -1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 6), np.float32)
 
-# %% ../nbs/05_train.ipynb #0e8cdffe
+# %% ../nbs/05_train.ipynb #07b868c2
 CHECKPOINT_FORMAT = 'k4_nbdev.checkpoint/1'
 
 def _save(path:Path, obj:dict):
@@ -227,7 +228,7 @@ def model_from_checkpoint(ckpt:dict, # from `load_checkpoint`
     model.load_state_dict(ckpt['state_dict'], strict=True)
     return model.eval()
 
-# %% ../nbs/05_train.ipynb #355f4c40
+# %% ../nbs/05_train.ipynb #d725c4ea
 def _check_data(X:np.ndarray, mask:np.ndarray, y:np.ndarray, name:str):
     if X.ndim != 3 or X.shape[2] != len(FEATURES):
         raise ValueError(f"{name} sequences must have shape (N, L, {len(FEATURES)}), got {X.shape}")
@@ -321,7 +322,7 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled t
     return {'best': out / 'best.pt', 'last': out / 'last.pt', 'history': state['history'],
             'best_epoch': best['epoch'], 'best_metrics': best['metrics']}
 
-# %% ../nbs/05_train.ipynb #8f5782d7
+# %% ../nbs/05_train.ipynb #e3598f3d
 def load_training_data(sequences, # sequences.parquet written by the sequence builder
                        split_ratio:float=0.8, # date quantile of the split
                       ) -> dict: # X, mask, y, meta, train, val, split info
@@ -350,14 +351,13 @@ def fit_model(data:dict, # from `load_training_data`
     stamp.write_bytes(res['best'].read_bytes())
     return {**res, 'scaler': scaler, 'stamped': stamp}
 
-# %% ../nbs/05_train.ipynb #203cf252
+# %% ../nbs/05_train.ipynb #66dc2496
 def lightgbm_baseline(data:dict, # from `load_training_data`
                       k4_weight:float=500.0, # class weight of K4
                       rounds:int=300, # boosting rounds
                       seed:int=0, # random seed
                      ) -> dict: # validation probabilities, metrics, seconds
     "LightGBM on the snapshot-bar features, class-weighted, on the same purged split."
-    import lightgbm as lgb
     tr, va = data['train'], data['val']
     last = lambda idx: relative_inputs(data['X'][idx], data['mask'][idx])[:, -1, :]
     weights = np.array(CLASS_WEIGHTS); weights[K4] = k4_weight
@@ -371,7 +371,7 @@ def lightgbm_baseline(data:dict, # from `load_training_data`
     return {'probs': probs, 'metrics': classification_metrics(probs, data['y'][va]), 'seconds': time.perf_counter() - t0,
             'booster': booster}
 
-# %% ../nbs/05_train.ipynb #a6c84d5f
+# %% ../nbs/05_train.ipynb #3aa3f786
 def plot_history(history:pd.DataFrame, # per-epoch rows from `train`
                  title:str='', # figure title
                 ):
@@ -385,7 +385,7 @@ def plot_history(history:pd.DataFrame, # per-epoch rows from `train`
     fig.suptitle(title); fig.tight_layout()
     return fig
 
-# %% ../nbs/05_train.ipynb #00ab1229
+# %% ../nbs/05_train.ipynb #da73a86b
 def plot_comparison(comparison:pd.DataFrame, # rows = models, columns include the metrics below
                    ):
     "Grouped bars of the headline metrics per model."
@@ -399,7 +399,7 @@ def plot_comparison(comparison:pd.DataFrame, # rows = models, columns include th
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_train.ipynb #8384e166
+# %% ../nbs/05_train.ipynb #f8f2cd8e
 def train_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
              ):
     "Train MambaAttention on a sequences file with the purged temporal split."
