@@ -6,7 +6,7 @@
 __all__ = ['CHROMIUM_ARGS', 'project_root', 'stage_sources', 'build_docs', 'check_site', 'chromium_path', 'serve', 'browse_site',
            'render_readme', 'write_readme', 'docs_cli']
 
-# %% ../nbs/09_docs.ipynb #76241774
+# %% ../nbs/09_docs.ipynb #8b563e1c
 import html
 import http.server
 import json
@@ -27,7 +27,7 @@ from playwright.sync_api import sync_playwright
 
 from .data import atomic_write
 
-# %% ../nbs/09_docs.ipynb #53336aec
+# %% ../nbs/09_docs.ipynb #2f5c983c
 def project_root() -> Path:
     "The folder holding settings.ini (nbdev's config path)."
     return Path(get_config().config_path)
@@ -52,7 +52,7 @@ def stage_sources(dest:Path, # empty staging folder
             executed.append(f.stem)
     return executed
 
-# %% ../nbs/09_docs.ipynb #e6a4b6f3
+# %% ../nbs/09_docs.ipynb #d55972c6
 def _render(proc:Path, renderer:str) -> list:
     "Render the processed folder `proc` into `proc/_docs`; returns the renderer's warnings."
     if renderer == 'quarto':
@@ -88,7 +88,7 @@ def build_docs(run_dir=None, # pipeline run whose executed notebooks are rendere
         shutil.rmtree(staging, ignore_errors=True)
     return out
 
-# %% ../nbs/09_docs.ipynb #34f49b4e
+# %% ../nbs/09_docs.ipynb #370eba84
 def _output_counts(nb_path:Path) -> tuple:
     "Number of image outputs and HTML-table outputs stored in a notebook."
     nb = json.loads(Path(nb_path).read_text())
@@ -132,7 +132,7 @@ def check_site(site, # built site folder
                 & (df['broken_links'] == ''))
     return df
 
-# %% ../nbs/09_docs.ipynb #8e5ecb1d
+# %% ../nbs/09_docs.ipynb #334d4690
 CHROMIUM_ARGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
@@ -187,7 +187,7 @@ def browse_site(site, # built site folder
     df['ok'] = (df['status'] == 200) & (df['broken_images'] == 0) & (df['broken_links'] == '')
     return df
 
-# %% ../nbs/09_docs.ipynb #a3187a1f
+# %% ../nbs/09_docs.ipynb #a9b89e06
 _GENERATED = '<!-- Generated from nbs/index.ipynb by `k4-docs --readme`. Do not edit: edit the notebook. -->'
 
 def render_readme(nb_path=None, # the README notebook (default: nbs/index.ipynb)
@@ -202,7 +202,7 @@ def render_readme(nb_path=None, # the README notebook (default: nbs/index.ipynb)
             if not parts[1:]: parts.append(_GENERATED)
         elif cell['cell_type'] == 'code' and src and not re.search(r'^#\|\s*(hide|exporti?)\b', src, re.M):
             code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|'))
-            parts.append(f'```python\n{code}\n```')
+            if not re.search(r'^#\|\s*echo:\s*false', src, re.M): parts.append(f'```python\n{code}\n```')
             text = ''.join(''.join(o.get('text', o.get('data', {}).get('text/plain', ''))) for o in cell.get('outputs', []))
             if text.strip(): parts.append(f'```\n{text.rstrip()}\n```')
     return '\n\n'.join(parts) + '\n'
@@ -213,7 +213,7 @@ def write_readme() -> Path:
     with atomic_write(path) as tmp: tmp.write_text(render_readme())
     return path
 
-# %% ../nbs/09_docs.ipynb #37d0da41
+# %% ../nbs/09_docs.ipynb #038b1df1
 @call_parse
 def docs_cli(run:str=None, # pipeline run folder whose executed notebooks are rendered
              out:str=None, # site folder (default: _docs)

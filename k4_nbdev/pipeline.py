@@ -6,7 +6,7 @@
 __all__ = ['STAGES', 'RUN_DEFAULTS', 'ARTIFACTS', 'CUDA_NOTE', 'nbs_dir', 'stage_parameters', 'StageError', 'stage_notebook',
            'run_stage', 'run_pipeline', 'summarise', 'pipeline_cli']
 
-# %% ../nbs/08_pipeline.ipynb #74af9405
+# %% ../nbs/08_pipeline.ipynb #d0a59628
 import argparse
 import json
 import platform
@@ -25,13 +25,13 @@ import torch
 import k4_nbdev
 from .data import SCALES, atomic_write, fingerprint
 
-# %% ../nbs/08_pipeline.ipynb #23290571
-STAGES = ['00_data', '01_patterns', '02_sequences', '03_model', '04_loss', '05_train']
+# %% ../nbs/08_pipeline.ipynb #d32c64f0
+STAGES = ['00_data', '01_patterns', '02_sequences', '03_model', '04_loss', '05_train', '06_predict', '07_validate', 'index']
 
 RUN_DEFAULTS = dict(data_source='synthetic', scale='quick', seed=0, workers=2, calibration_tables=False)
 
 ARTIFACTS = {'00_data': 'ohlcv', '01_patterns': 'snapshots.parquet', '02_sequences': 'sequences.parquet',
-             '05_train': 'model/best.pt'}
+             '05_train': 'model/best.pt', '06_predict': 'predictions.parquet', '07_validate': 'validation_report.md'}
 
 def nbs_dir() -> Path:
     "The folder of the numbered notebooks (the project's `nbs/`, next to the package)."
@@ -47,7 +47,7 @@ def stage_parameters(stage:str, # notebook name without suffix, e.g. '00_data'
     if not nb.exists(): raise FileNotFoundError(f"stage notebook {nb} does not exist (stages: {STAGES})")
     return {k: v['default'] for k, v in pm.inspect_notebook(str(nb)).items()}
 
-# %% ../nbs/08_pipeline.ipynb #0f93a708
+# %% ../nbs/08_pipeline.ipynb #72e6f02c
 class StageError(RuntimeError):
     "A stage notebook failed; the message names the notebook, the cell and the error."
 
@@ -93,7 +93,7 @@ def run_stage(stage:str, # stage notebook name
         raise StageError(f"stage {stage} failed in {_failed_cell(out)} of {out}: {e.ename}: {e.evalue}") from None
     return time.perf_counter() - t0
 
-# %% ../nbs/08_pipeline.ipynb #8932537b
+# %% ../nbs/08_pipeline.ipynb #f8828525
 def _versions() -> dict:
     out = {'python': platform.python_version()}
     for pkg in ['k4_nbdev', 'numpy', 'pandas', 'torch', 'papermill', 'nbdev']:
@@ -143,7 +143,7 @@ def run_pipeline(name:str='quick', # run name: the folder `runs_root/name`
     _write_json(record_path, record)
     return record
 
-# %% ../nbs/08_pipeline.ipynb #30a23f84
+# %% ../nbs/08_pipeline.ipynb #54b390b4
 def _parse_overrides(pairs:list) -> dict:
     if len(pairs) % 2: raise ValueError(f"-p takes NAME VALUE pairs, got an odd list {pairs}")
     out = {}
@@ -159,13 +159,14 @@ def summarise(record:dict) -> str:
              f"executed notebooks: {run_dir / 'notebooks'}",
              f"run record:         {run_dir / 'run.json'}"]
     lines += [f"  {s:<12} {v['status']:<6} {v.get('seconds', 0):7.1f} s" for s, v in record['stages'].items()]
+    if (run_dir / 'validation_report.md').exists(): lines.append(f"validation report:  {run_dir / 'validation_report.md'}")
     comparison = run_dir / 'model_comparison.csv'
     if comparison.exists():
         table = pd.read_csv(comparison, index_col=0)[['k4_recall', 'k4_precision', 'k3k4_recall', 'ev_corr', 'accuracy']]
         lines += ['validation metrics:', table.round(3).to_string()]
     return '\n'.join(lines)
 
-# %% ../nbs/08_pipeline.ipynb #0d2c7e00
+# %% ../nbs/08_pipeline.ipynb #b90e6cd3
 def pipeline_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
                 ):
     "Run the k4_nbdev pipeline notebooks end to end into runs/NAME."
