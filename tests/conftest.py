@@ -1,5 +1,6 @@
-"Shared fixtures: one tiny pipeline run per test session, reused by the pipeline and docs tests."
+"Shared fixtures: one torch thread for the tests, and one tiny pipeline run per session for the pipeline and docs tests."
 import pytest
+import torch
 from k4_nbdev.pipeline import run_pipeline
 
 
@@ -9,3 +10,12 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('runs')
     record = run_pipeline('tiny', root, params={'scale': 'tiny'}, verbose=False)
     return record
+
+
+@pytest.fixture(scope='session', autouse=True)
+def one_torch_thread():
+    "The tests score tiny batches: one torch thread avoids oversubscription stalls on a busy 2-core machine."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,15 +11,6 @@ from k4_nbdev.predict import (PROB_COLUMNS, SCAN_COLUMNS, assign_signals, check_
 from k4_nbdev.train import expected_value, load_checkpoint
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny batches on a shared machine: one torch thread avoids thread oversubscription stalls."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     "A tiny run folder: synthetic store, snapshots, sequences and a one-epoch small model."

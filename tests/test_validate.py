@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from k4_nbdev.data import read_store
 from k4_nbdev.patterns import write_table
@@ -32,15 +31,6 @@ def toy(y, pred=None, start='2021-01-04'):
                          'sequence_dates': [pd.bdate_range(end=d, periods=5).to_numpy() for d in dates],
                          'predicted_class': pred, 'expected_value': ev, 'signal': assign_signals(ev, probs[:, 5]),
                          **{c: probs[:, k] for k, c in enumerate(PROB_COLUMNS)}})
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny batches on a shared machine: one torch thread avoids thread oversubscription stalls."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
