@@ -4,10 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from k4_nbdev.data import fingerprint, write_store, synthetic_market
 from k4_nbdev.pipeline import ARTIFACTS, STAGES, StageError, run_pipeline, stage_parameters
+from k4_nbdev.train import load_checkpoint
 
 
 def test_tiny_run_writes_every_artifact(tiny_run):
@@ -60,3 +63,17 @@ def test_cli_reports_failure(tmp_path):
     assert r.returncode == 1 and '00_data' in r.stderr and '--resume' in r.stderr
     r = subprocess.run([str(exe), '--scale', 'huge'], capture_output=True, text=True)
     assert r.returncode == 2 and 'huge' in r.stderr
+
+
+def test_same_seed_same_results(tiny_run, tmp_path):
+    "Two runs with the same seed: identical market, snapshots, sequences and metrics."
+    again = run_pipeline('again', tmp_path, params={'scale': 'tiny'}, stages=STAGES[:STAGES.index('05_train') + 1],
+                         verbose=False)
+    first, second = Path(tiny_run['run_dir']), Path(again['run_dir'])
+    assert again['fingerprints']['ohlcv'] == tiny_run['fingerprints']['ohlcv']
+    for name in ['snapshots.parquet', 'sequences.parquet']:
+        pd.testing.assert_frame_equal(pd.read_parquet(first / name), pd.read_parquet(second / name))
+    a, b = (pd.read_csv(d / 'model_comparison.csv', index_col=0).drop(columns='seconds') for d in (first, second))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    w1, w2 = (load_checkpoint(d / 'model' / 'best.pt')['state_dict'] for d in (first, second))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
