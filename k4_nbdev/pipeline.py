@@ -6,7 +6,7 @@
 __all__ = ['STAGES', 'RUN_DEFAULTS', 'ARTIFACTS', 'CUDA_NOTE', 'nbs_dir', 'stage_parameters', 'StageError', 'stage_notebook',
            'run_stage', 'run_pipeline', 'summarise', 'pipeline_cli']
 
-# %% ../nbs/08_pipeline.ipynb #d0a59628
+# %% ../nbs/08_pipeline.ipynb #5e88cd49
 import argparse
 import json
 import platform
@@ -25,7 +25,7 @@ import torch
 import k4_nbdev
 from .data import SCALES, atomic_write, fingerprint
 
-# %% ../nbs/08_pipeline.ipynb #d32c64f0
+# %% ../nbs/08_pipeline.ipynb #a318cc71
 STAGES = ['00_data', '01_patterns', '02_sequences', '03_model', '04_loss', '05_train', '06_predict', '07_validate', 'index']
 
 RUN_DEFAULTS = dict(data_source='synthetic', scale='quick', seed=0, workers=2, calibration_tables=False)
@@ -47,7 +47,7 @@ def stage_parameters(stage:str, # notebook name without suffix, e.g. '00_data'
     if not nb.exists(): raise FileNotFoundError(f"stage notebook {nb} does not exist (stages: {STAGES})")
     return {k: v['default'] for k, v in pm.inspect_notebook(str(nb)).items()}
 
-# %% ../nbs/08_pipeline.ipynb #72e6f02c
+# %% ../nbs/08_pipeline.ipynb #aac5856f
 class StageError(RuntimeError):
     "A stage notebook failed; the message names the notebook, the cell and the error."
 
@@ -93,7 +93,7 @@ def run_stage(stage:str, # stage notebook name
         raise StageError(f"stage {stage} failed in {_failed_cell(out)} of {out}: {e.ename}: {e.evalue}") from None
     return time.perf_counter() - t0
 
-# %% ../nbs/08_pipeline.ipynb #f8828525
+# %% ../nbs/08_pipeline.ipynb #d903b3db
 def _versions() -> dict:
     out = {'python': platform.python_version()}
     for pkg in ['k4_nbdev', 'numpy', 'pandas', 'torch', 'papermill', 'nbdev']:
@@ -143,7 +143,7 @@ def run_pipeline(name:str='quick', # run name: the folder `runs_root/name`
     _write_json(record_path, record)
     return record
 
-# %% ../nbs/08_pipeline.ipynb #54b390b4
+# %% ../nbs/08_pipeline.ipynb #b6f873d5
 def _parse_overrides(pairs:list) -> dict:
     if len(pairs) % 2: raise ValueError(f"-p takes NAME VALUE pairs, got an odd list {pairs}")
     out = {}
@@ -166,7 +166,7 @@ def summarise(record:dict) -> str:
         lines += ['validation metrics:', table.round(3).to_string()]
     return '\n'.join(lines)
 
-# %% ../nbs/08_pipeline.ipynb #b90e6cd3
+# %% ../nbs/08_pipeline.ipynb #455c0a3e
 def pipeline_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
                 ):
     "Run the k4_nbdev pipeline notebooks end to end into runs/NAME."
@@ -177,11 +177,17 @@ def pipeline_cli(argv:list=None, # command-line arguments (default: sys.argv[1:]
     ap.add_argument('--seed', type=int, default=0, help='random seed of every stage')
     ap.add_argument('--runs-root', default='runs', help='parent folder of runs')
     ap.add_argument('--resume', action='store_true', help='continue a failed run from its failed stage')
+    ap.add_argument('--model-size', choices=['small', 'base', 'large'], help='MambaAttention preset (default: the notebook\'s, small)')
+    ap.add_argument('--backend', choices=['auto', 'torch', 'cuda', 'lstm'], help='sequence-layer backend (default auto)')
+    ap.add_argument('--epochs', type=int, help='training epochs (default: the notebook\'s)')
+    ap.add_argument('--batch-size', type=int, help='training batch size (default 32)')
+    ap.add_argument('--split-ratio', type=float, help='date quantile of the train/validation split (default 0.8)')
     ap.add_argument('-p', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
                     help='extra stage parameter, e.g. -p epochs 3 (repeatable)')
     args = ap.parse_args(argv)
+    knobs = {k: getattr(args, k) for k in ['model_size', 'backend', 'epochs', 'batch_size', 'split_ratio']}
     params = dict(scale=args.scale, data_source=args.data_source, seed=args.seed,
-                  **_parse_overrides([x for pair in args.p for x in pair]))
+                  **{k: v for k, v in knobs.items() if v is not None}, **_parse_overrides([x for pair in args.p for x in pair]))
     try: record = run_pipeline(args.name, args.runs_root, params, resume=args.resume)
     except (StageError, ValueError, FileNotFoundError) as e:
         print(f"k4-pipeline: {e}", file=sys.stderr)
