@@ -4,14 +4,16 @@
 
 # %% auto #0
 __all__ = ['STAGES', 'RUN_DEFAULTS', 'ARTIFACTS', 'CUDA_NOTE', 'nbs_dir', 'stage_parameters', 'StageError', 'stage_notebook',
-           'run_stage', 'run_pipeline', 'summarise', 'pipeline_cli']
+           'IPCKernelManager', 'run_stage', 'run_pipeline', 'summarise', 'pipeline_cli']
 
-# %% ../nbs/08_pipeline.ipynb #5e88cd49
+# %% ../nbs/08_pipeline.ipynb #5053967e
 import argparse
 import json
+import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib.metadata import version, PackageNotFoundError
@@ -21,11 +23,12 @@ import nbformat
 import pandas as pd
 import papermill as pm
 import torch
+from jupyter_client.manager import AsyncKernelManager
 
 import k4_nbdev
 from .data import SCALES, atomic_write, fingerprint
 
-# %% ../nbs/08_pipeline.ipynb #a318cc71
+# %% ../nbs/08_pipeline.ipynb #b90dfd41
 STAGES = ['00_data', '01_patterns', '02_sequences', '03_model', '04_loss', '05_train', '06_predict', '07_validate', 'index']
 
 RUN_DEFAULTS = dict(data_source='synthetic', scale='quick', seed=0, workers=2, calibration_tables=False)
@@ -47,7 +50,7 @@ def stage_parameters(stage:str, # notebook name without suffix, e.g. '00_data'
     if not nb.exists(): raise FileNotFoundError(f"stage notebook {nb} does not exist (stages: {STAGES})")
     return {k: v['default'] for k, v in pm.inspect_notebook(str(nb)).items()}
 
-# %% ../nbs/08_pipeline.ipynb #aac5856f
+# %% ../nbs/08_pipeline.ipynb #cc4a882a
 class StageError(RuntimeError):
     "A stage notebook failed; the message names the notebook, the cell and the error."
 
@@ -75,6 +78,12 @@ def stage_notebook(stage:str, # stage notebook name
             nb.cells[i] = nbformat.v4.new_markdown_cell(f"{CUDA_NOTE}\n\n```python\n{cell.source}\n```")
     return nb
 
+class IPCKernelManager(AsyncKernelManager):
+    "Kernels that talk over local IPC sockets in the temp folder: no TCP ports, and no unencrypted-TCP warning."
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.transport, self.ip = 'ipc', str(Path(tempfile.gettempdir()) / f'k4-kernel-{os.getpid()}')
+
 def run_stage(stage:str, # stage notebook name
               run_dir:Path, # run folder
               params:dict, # run parameters; those the stage declares are passed to it
@@ -88,12 +97,13 @@ def run_stage(stage:str, # stage notebook name
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(stage_notebook(stage), str(out), parameters=passed, cwd=str(nbs_dir()),
-                            kernel_name='python3', progress_bar=progress, log_output=False)
+                            kernel_name='python3', progress_bar=progress, log_output=False,
+                            kernel_manager_class=IPCKernelManager)
     except pm.PapermillExecutionError as e:
         raise StageError(f"stage {stage} failed in {_failed_cell(out)} of {out}: {e.ename}: {e.evalue}") from None
     return time.perf_counter() - t0
 
-# %% ../nbs/08_pipeline.ipynb #d903b3db
+# %% ../nbs/08_pipeline.ipynb #ace21804
 def _versions() -> dict:
     out = {'python': platform.python_version()}
     for pkg in ['k4_nbdev', 'numpy', 'pandas', 'torch', 'papermill', 'nbdev']:
@@ -143,7 +153,7 @@ def run_pipeline(name:str='quick', # run name: the folder `runs_root/name`
     _write_json(record_path, record)
     return record
 
-# %% ../nbs/08_pipeline.ipynb #b6f873d5
+# %% ../nbs/08_pipeline.ipynb #9f74b22b
 def _parse_overrides(pairs:list) -> dict:
     if len(pairs) % 2: raise ValueError(f"-p takes NAME VALUE pairs, got an odd list {pairs}")
     out = {}
@@ -166,7 +176,7 @@ def summarise(record:dict) -> str:
         lines += ['validation metrics:', table.round(3).to_string()]
     return '\n'.join(lines)
 
-# %% ../nbs/08_pipeline.ipynb #455c0a3e
+# %% ../nbs/08_pipeline.ipynb #c7de521b
 def pipeline_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
                 ):
     "Run the k4_nbdev pipeline notebooks end to end into runs/NAME."
