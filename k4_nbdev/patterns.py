@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_MAX', 'RANGE_RATIO_MAX', 'WARMUP_BARS',
-           'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'CLASS_NAMES',
-           'REFERENCE_SHARES', 'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS', 'rolling_mean',
-           'rolling_std', 'safe_ratio', 'bollinger_width', 'bbw_percentile', 'wilder_smooth', 'adx', 'indicators',
-           'qualifies', 'qualifying_runs', 'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots',
-           'too_short', 'ticker_snapshots', 'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples',
-           'plot_class_mix', 'frames_fingerprint', 'write_table', 'read_metadata', 'load_frames', 'run_patterns',
-           'build_snapshots', 'patterns_cli']
+           'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'CLASS_NAMES', 'K4',
+           'REFERENCE_SHARES', 'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS',
+           'CALIBRATION_TARGETS', 'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'bbw_percentile',
+           'wilder_smooth', 'adx', 'indicators', 'qualifies', 'qualifying_runs', 'find_patterns', 'take_snapshots',
+           'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots', 'market_snapshots', 'class_mix',
+           'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'frames_fingerprint', 'write_table',
+           'read_metadata', 'load_frames', 'run_patterns', 'build_snapshots', 'bench_calibration', 'patterns_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
 import argparse
@@ -32,8 +32,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import (OHLCVError, MarketParams, SCALES, atomic_write, fingerprint, load_source, read_store,
-                           synthetic_market, validate_ohlcv)
+from .data import (OHLCVError, MarketParams, SCALES, TRUTH_FILE, atomic_write, episode_truth, fingerprint, load_source,
+                           read_store, synthetic_market, validate_ohlcv)
 
 # %% ../nbs/01_patterns.ipynb #05ee0586
 INDICATOR_COLUMNS = ['bbw_20', 'bbw_percentile', 'adx_14', 'volume_ratio_20', 'range_ratio']
@@ -48,6 +48,7 @@ LABEL_WINDOW = 100          # a label looks at bars t+1 ... t+100
 BREACH_FACTOR = 0.90        # K5 when a low reaches 90% of the lower boundary (10% grace)
 GAIN_THRESHOLDS = (0.05, 0.15, 0.35, 0.75)  # gain from the upper boundary reaching K1, K2, K3, K4
 CLASS_NAMES = ['K0_STAGNANT', 'K1_MINIMAL', 'K2_QUALITY', 'K3_STRONG', 'K4_EXCEPTIONAL', 'K5_FAILED']
+K4 = CLASS_NAMES.index('K4_EXCEPTIONAL')  # the class the whole project is about
 REFERENCE_SHARES = {'K0_STAGNANT': 45.7, 'K1_MINIMAL': 29.1, 'K2_QUALITY': 8.0,
                     'K3_STRONG': 1.0, 'K4_EXCEPTIONAL': 0.4, 'K5_FAILED': 15.9}  # % of 116,712 reference snapshots
 
@@ -345,7 +346,7 @@ def plot_pattern(df:pd.DataFrame, # the ticker's OHLCV
     view = df.iloc[max(s - 40, 0):t + LABEL_WINDOW + 10]
     ax.vlines(view['date'], view['low'], view['high'], color='0.6', lw=0.8)
     ax.plot(view['date'], view['close'], color='k', lw=1)
-    axv.bar(view['date'], view['volume'], width=1.0, color='steelblue')
+    axv.bar(view['date'], view['volume'], width=1.0, color=np.where(view['close'].diff() > 0, 'tab:green', 'tab:red'))
     for a in (ax, axv): a.axvspan(dates[s], snapshot['activation_date'], color='0.85', lw=0)
     upper, lower = snapshot['upper_boundary'], snapshot['lower_boundary']
     marks = snapshot.to_frame().T if snapshots is None else snapshots
@@ -358,7 +359,7 @@ def plot_pattern(df:pd.DataFrame, # the ticker's OHLCV
     k = snapshot['outcome_class']
     ax.set_title(f"{snapshot['pattern_id']}: snapshot {pd.Timestamp(snapshot['snapshot_date']):%Y-%m-%d} -> "
                  f"{'unlabelled' if pd.isna(k) else CLASS_NAMES[int(k)]}", fontsize=9)
-    ax.set_ylabel('price'); axv.set_ylabel('volume')
+    ax.set_ylabel('price'); axv.set_ylabel('volume (green: up day)')
     return ax.figure
 
 def plot_class_examples(frames:dict, # ticker -> OHLCV
@@ -463,6 +464,38 @@ def build_snapshots(output_dir, # run folder: `snapshots.parquet` and `patterns.
     patterns, snapshots = run_patterns(frames, source, out / 'snapshots.parquet', out / 'patterns.parquet',
                                        qualifying_days, snapshot_every, workers, progress)
     return frames, patterns, snapshots
+
+# %% ../nbs/01_patterns.ipynb #2551c8a4
+CALIBRATION_TARGETS = {  # measure -> (lowest, highest) acceptable value
+    'K0+K1 % of labelled': (60, 80), 'K2 % of labelled': (5, 15), 'K3 % of labelled': (1, 4),
+    'K4 % of labelled': (0.3, 1.0), 'K5 % of labelled': (8, 20),
+    'K4 snapshots in up-move episodes %': (80, 100), 'episodes with a snapshot %': (60, 100),
+    'snapshots inside an episode %': (85, 100),
+    'validation K4 snapshots': (60, np.inf), 'validation K4 patterns': (25, np.inf)}
+
+def bench_calibration(snapshots:pd.DataFrame, # labelled snapshots of a synthetic market
+                      episodes:pd.DataFrame, # its planted episodes (`synthetic_market(with_episodes=True)`)
+                      split_date, # first validation date (`05_train`'s purged split); None: skip the validation rows
+                     ) -> pd.DataFrame: # per measure of CALIBRATION_TARGETS: lowest, highest, measured, ok
+    "Measure the synthetic market against its calibration targets."
+    truth = episode_truth(snapshots, episodes)
+    labelled = snapshots['outcome_class'].notna().to_numpy()
+    y = snapshots['outcome_class'].to_numpy(dtype=float)
+    share = lambda *ks: 100 * np.isin(y[labelled], ks).mean()
+    k4 = y == K4
+    found = truth.loc[truth['episode'] >= 0, 'episode'].nunique()
+    m = {'K0+K1 % of labelled': share(0, 1), 'K2 % of labelled': share(2), 'K3 % of labelled': share(3),
+         'K4 % of labelled': share(K4), 'K5 % of labelled': share(5),
+         'K4 snapshots in up-move episodes %': 100 * (truth['breaks_up'][k4] == 1).mean() if k4.any() else np.nan,
+         'episodes with a snapshot %': 100 * found / max(len(episodes), 1),
+         'snapshots inside an episode %': 100 * (truth['episode'] >= 0).mean()}
+    if split_date is not None:
+        val = k4 & (snapshots['snapshot_date'] >= pd.Timestamp(split_date)).to_numpy()
+        m.update({'validation K4 snapshots': int(val.sum()), 'validation K4 patterns': snapshots.loc[val, 'pattern_id'].nunique()})
+    table = pd.DataFrame(CALIBRATION_TARGETS, index=['lowest', 'highest']).T.loc[list(m)]
+    table['measured'] = pd.Series(m)
+    table['ok'] = table['measured'].between(table['lowest'], table['highest'])
+    return table
 
 # %% ../nbs/01_patterns.ipynb #10456898
 def patterns_cli(argv:list=None, # arguments (default: `sys.argv[1:]`)
