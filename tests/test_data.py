@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from k4_nbdev.data import (OHLCV_COLUMNS, OHLCVError, SCALES, REAL_SOURCES, validate_ohlcv, normalise_ohlcv,
-                           read_store, write_store, list_tickers, fingerprint, synthetic_market, real_samples,
-                           atomic_write, stylized_facts)
+from k4_nbdev.data import (OHLCV_COLUMNS, OHLCVError, SCALES, REAL_SOURCES, TRUTH_FILE, PRECURSORS, validate_ohlcv,
+                           normalise_ohlcv, read_store, write_store, list_tickers, fingerprint, synthetic_market, real_samples,
+                           atomic_write, stylized_facts, episode_truth, episode_precursors, build_store, MarketParams)
 
 BIN = Path(sys.executable).parent
 
@@ -144,20 +144,82 @@ def test_generator_output_is_valid_and_market_like():
     assert facts['acf |r| lag 1'] > 0.1                  # volatility clustering
     assert facts['corr(log volume, |r|)'] > 0.2          # volume reacts to moves
     assert len(episodes) > 50 and 0.3 < episodes['breaks_up'].mean() < 0.7   # both endings are common
-    lengths = (episodes['end_date'] - episodes['start_date']).dt.days
-    assert lengths.min() >= 10                           # calendar days >= trading days >= 10
+    days = lambda a, b: np.array([len(pd.bdate_range(x, y)) for x, y in zip(a, b)])
+    lengths = days(episodes['start_date'], episodes['end_date'])
+    assert lengths.min() >= MarketParams.episode_min and lengths.max() <= MarketParams.episode_max
 
 
-def test_planted_consolidations_contract_volatility():
+def test_chunking_does_not_change_the_market():
+    a, b = synthetic_market(7, 400, seed=2), synthetic_market(7, 400, seed=2, chunk=3)
+    for t in a: pd.testing.assert_frame_equal(a[t], b[t])
+
+
+def test_tickers_share_a_market_factor():
+    m = synthetic_market(n_tickers=12, n_days=1500, seed=4)
+    r = pd.DataFrame({t: np.log(f['close']).diff() for t, f in m.items()}).dropna()
+    c = r.corr().to_numpy()
+    assert c[np.triu_indices_from(c, 1)].mean() > 0.15   # a common factor: independent tickers would give ~0
+
+
+def test_truth_table_matches_the_bars():
     m, episodes = synthetic_market(n_tickers=10, n_days=1500, seed=5, with_episodes=True)
-    inside, outside = [], []
+    assert set(episodes.columns) >= {'ticker', 'start_date', 'end_date', 'move_end_date', 'quality', 'breaks_up', 'move_size'}
+    for t, g in episodes.groupby('ticker'):
+        d = m[t]['date']
+        assert g['start_date'].isin(d).all() and g['end_date'].isin(d).all() and g['move_end_date'].isin(d).all()
+        assert (g['start_date'] <= g['end_date']).all() and (g['end_date'] < g['move_end_date']).all()
+        assert (g['start_date'].iloc[1:].to_numpy() > g['move_end_date'].iloc[:-1].to_numpy()).all()   # no overlap
+    close = {t: f.set_index('date')['close'] for t, f in m.items()}
+    realised = np.array([np.log(close[e.ticker][e.move_end_date] / close[e.ticker][e.end_date]) for e in episodes.itertuples()])
+    planted = np.where(episodes['breaks_up'], np.log1p(episodes['move_size']), np.log(np.maximum(1 - episodes['move_size'], 0.3)))
+    big = episodes['move_size'].to_numpy() > 0.2
+    assert big.sum() > 10 and (np.sign(realised[big]) == np.sign(planted[big])).all()   # big moves go the planted way
+    assert np.corrcoef(realised, planted)[0, 1] > 0.8
+
+
+def test_episode_truth_finds_the_episode_of_each_row():
+    _, episodes = synthetic_market(n_tickers=2, n_days=800, seed=1, with_episodes=True)
+    e = episodes.iloc[0]
+    rows = pd.DataFrame({'ticker': [e.ticker] * 4 + ['NOPE'],
+                         'snapshot_date': [e.start_date - pd.Timedelta(days=1), e.start_date, e.move_end_date,
+                                           e.move_end_date + pd.Timedelta(days=1), e.start_date]})
+    truth = episode_truth(rows, episodes)
+    assert truth['episode'].tolist() == [-1, 0, 0, -1, -1]
+    assert truth['quality'].iloc[1] == e.quality and truth['quality'].isna().tolist() == [True, False, False, True, True]
+
+
+def test_consolidations_run_at_a_third_to_two_thirds_of_normal():
+    m, episodes = synthetic_market(n_tickers=10, n_days=1500, seed=5, with_episodes=True)
+    ratios = []
     for t, f in m.items():
-        r = np.log(f['close']).diff().abs()
-        mask = np.zeros(len(f), bool)
+        inside, busy = np.zeros(len(f), bool), np.zeros(len(f), bool)
         for e in episodes[episodes['ticker'] == t].itertuples():
-            mask |= ((f['date'] >= e.start_date) & (f['date'] <= e.end_date)).to_numpy()
-        inside.append(r[mask].mean()); outside.append(r[~mask].mean())
-    assert np.mean(inside) < 0.6 * np.mean(outside)
+            inside |= ((f['date'] >= e.start_date) & (f['date'] <= e.end_date)).to_numpy()
+            busy |= ((f['date'] >= e.start_date - pd.Timedelta(days=30)) & (f['date'] <= e.move_end_date)).to_numpy()
+        stats = pd.DataFrame({'r': np.log(f['close']).diff().abs(), 'v': f['volume']})
+        ratios.append(stats[inside].mean() / stats[~busy].mean())
+    level = pd.DataFrame(ratios).mean()
+    assert 0.25 < level['r'] < 0.75 and 0.25 < level['v'] < 0.75   # squeezed, not frozen
+
+
+def test_precursors_carry_the_hidden_quality():
+    m, episodes = synthetic_market(n_tickers=30, n_days=2520, seed=6, with_episodes=True)
+    measured = episode_precursors(m, episodes)
+    corr = measured[PRECURSORS].corrwith(measured['quality'])
+    assert corr['volume_imbalance'] > 0.3 and corr['close_location'] > 0.3 and corr['tightening'] < -0.1
+    off = episode_precursors(m, episodes.assign(quality=np.random.default_rng(0).permutation(episodes['quality'])))
+    assert off[PRECURSORS].corrwith(off['quality']).abs().max() < 0.1   # shuffled truth: no precursor
+
+
+def test_build_store_writes_the_answer_key_only_for_the_synthetic_market(tmp_path):
+    store = build_store(tmp_path, 'synthetic', 'tiny', 0)
+    truth = pd.read_parquet(tmp_path / TRUTH_FILE)
+    assert set(truth['ticker']) <= set(list_tickers(store)) and len(truth) > 0
+    assert TRUTH_FILE not in {p.name for p in store.iterdir()}   # never inside the store
+    user = tmp_path / 'user'
+    user.mkdir(); (user / TRUTH_FILE).write_bytes(b'stale')       # left over from an earlier synthetic run
+    build_store(user, str(store), 'tiny', 0)                      # a user's store has no answer key
+    assert not (user / TRUTH_FILE).exists()
 
 
 def test_scales_are_presets():

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from k4_nbdev.data import OHLCVError, synthetic_market, write_store, fingerprint
-from k4_nbdev.patterns import (LABEL_COLUMNS, SNAPSHOT_COLUMNS, adx, bollinger_width, find_patterns, indicators,
+from k4_nbdev.data import OHLCVError, MarketParams, synthetic_market, write_store, fingerprint
+from k4_nbdev.patterns import (CALIBRATION_TARGETS, LABEL_COLUMNS, bench_calibration, SNAPSHOT_COLUMNS, adx, bollinger_width, find_patterns, indicators,
                                label_snapshots, market_snapshots, patterns_cli, qualifies, read_metadata,
                                take_snapshots, ticker_snapshots)
 
@@ -314,3 +314,27 @@ def test_adx_and_bollinger_width_agree_with_talib_on_real_tickers():
     print({t: f"ADX {a:.2e}, BBW {b:.2e}" for t, (a, b) in worst.items()})
     assert max(a for a, _ in worst.values()) < 1e-9
     assert max(b for _, b in worst.values()) < 1e-6
+
+
+@pytest.fixture(scope='module')
+def small_bench():
+    "A small synthetic market (200 tickers x 10 years) with its answer key and labelled snapshots."
+    frames, episodes = synthetic_market(n_tickers=200, n_days=2520, seed=0, with_episodes=True)
+    return market_snapshots(frames, workers=2, progress=False)[1], episodes
+
+
+MIX = [m for m in CALIBRATION_TARGETS if m.endswith('% of labelled')]
+COVERAGE = ['K4 snapshots in up-move episodes %', 'episodes with a snapshot %', 'snapshots inside an episode %']
+
+
+def test_calibrated_market_meets_its_class_mix_and_coverage_targets(small_bench):
+    table = bench_calibration(*small_bench, split_date=None)
+    assert table.loc[MIX + COVERAGE, 'ok'].all(), table
+
+
+def test_calibration_fails_when_the_class_mix_leaves_its_ranges():
+    "Bigger planted moves push K3/K4 out of range: the same check must say so."
+    frames, episodes = synthetic_market(n_tickers=60, n_days=2520, seed=0, with_episodes=True,
+                                        params=MarketParams(move_log_mean=-3.0))
+    table = bench_calibration(market_snapshots(frames, workers=2, progress=False)[1], episodes, split_date=None)
+    assert not table.loc[['K3 % of labelled', 'K4 % of labelled'], 'ok'].any()
