@@ -471,11 +471,13 @@ CALIBRATION_TARGETS = {  # measure -> (lowest, highest) acceptable value
     'K4 % of labelled': (0.3, 1.0), 'K5 % of labelled': (8, 20),
     'K4 snapshots in up-move episodes %': (80, 100), 'episodes with a snapshot %': (60, 100),
     'snapshots inside an episode %': (85, 100),
-    'validation K4 snapshots': (60, np.inf), 'validation K4 patterns': (25, np.inf)}
+    'validation K4 snapshots': (60, np.inf), 'validation K4 patterns': (25, np.inf),
+    'ceiling: K4 PR-AUC': (0.20, 1), 'ceiling: K4 recall, top 2% alerted': (0.40, 1)}
 
 def bench_calibration(snapshots:pd.DataFrame, # labelled snapshots of a synthetic market
                       episodes:pd.DataFrame, # its planted episodes (`synthetic_market(with_episodes=True)`)
                       split_date, # first validation date (`05_train`'s purged split); None: skip the validation rows
+                      ceiling:dict=None, # the oracle's 'K4 PR-AUC' and 'K4 recall, top 2% alerted' on the validation rows
                      ) -> pd.DataFrame: # per measure of CALIBRATION_TARGETS: lowest, highest, measured, ok
     "Measure the synthetic market against its calibration targets."
     truth = episode_truth(snapshots, episodes)
@@ -492,6 +494,7 @@ def bench_calibration(snapshots:pd.DataFrame, # labelled snapshots of a syntheti
     if split_date is not None:
         val = k4 & (snapshots['snapshot_date'] >= pd.Timestamp(split_date)).to_numpy()
         m.update({'validation K4 snapshots': int(val.sum()), 'validation K4 patterns': snapshots.loc[val, 'pattern_id'].nunique()})
+    m.update({f'ceiling: {k}': v for k, v in (ceiling or {}).items()})
     table = pd.DataFrame(CALIBRATION_TARGETS, index=['lowest', 'highest']).T.loc[list(m)]
     table['measured'] = pd.Series(m)
     table['ok'] = table['measured'].between(table['lowest'], table['highest'])
