@@ -172,8 +172,11 @@ def summarise(record:dict) -> str:
     if (run_dir / 'validation_report.md').exists(): lines.append(f"validation report:  {run_dir / 'validation_report.md'}")
     comparison = run_dir / 'model_comparison.csv'
     if comparison.exists():
-        table = pd.read_csv(comparison, index_col=0)[['k4_recall', 'k4_precision', 'k3k4_recall', 'ev_corr', 'accuracy']]
-        lines += ['validation metrics:', table.round(3).to_string()]
+        table = pd.read_csv(comparison, index_col=0)
+        shown = [c for c in ['k4_pr_auc', 'k4_pr_auc_share', 'k4_recall_top5', 'pattern_k4_recall_top5', 'ev_corr', 'k4_recall']
+                 if c in table]
+        lines += ['validation metrics (share: of the oracle\'s ceiling; intervals in model_comparison.csv):',
+                  table[shown].round(3).to_string()]
     return '\n'.join(lines)
 
 # %% ../nbs/08_pipeline.ipynb #c7de521b

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'VALUES', 'CHECKPOINT_FORMAT', 'SplitError', 'purged_split',
            'split_table', 'walk_forward_folds', 'relative_inputs', 'fit_scaler', 'apply_scaler', 'expected_value',
-           'average_precision', 'classification_metrics', 'param_groups', 'predict_proba', 'load_checkpoint',
-           'model_from_checkpoint', 'train', 'load_training_data', 'fit_model', 'lightgbm_baseline', 'plot_history',
-           'plot_comparison', 'train_cli']
+           'rank_order', 'average_precision', 'classification_metrics', 'param_groups', 'predict_proba',
+           'load_checkpoint', 'model_from_checkpoint', 'train', 'load_training_data', 'fit_model', 'lightgbm_baseline',
+           'plot_history', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #4e3df7c2
 import argparse
@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import lightgbm as lgb
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -137,15 +138,28 @@ def expected_value(probs:np.ndarray, # class probabilities (N, 6)
     "Expected strategic value of each prediction (DOMAIN §5)."
     return np.asarray(probs, dtype=np.float64) @ VALUES
 
+def rank_order(scores:np.ndarray, # score per row, higher = ranked first
+              ) -> tuple: # (order: rows by descending score, ties in row order; ends: position in `order` of the last row of each run of equal scores)
+    "Rank rows by score and mark where each block of tied scores ends."
+    scores = np.asarray(scores, float)
+    order = np.argsort(-scores, kind='stable')
+    ranked = scores[order]
+    return order, np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+
 def average_precision(scores:np.ndarray, # score per row, higher = more likely positive
                       positive:np.ndarray, # bool per row
-                     ) -> float: # area under the precision-recall curve (step-wise); NaN without positives
-    "Average precision of ranking rows by `scores`."
-    if not positive.any(): return float('nan')
-    order = np.argsort(-scores, kind='stable')
-    hits = positive[order].astype(float)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
+                      weights:np.ndarray=None, # row weights (N,), or one row of weights per replicate (B, N); None: 1 each
+                     ): # area under the precision-recall curve, NaN without positives; (B,) for (B, N) weights
+    "Average precision of ranking rows by `scores`: the precision at each positive's score threshold, averaged over the positives."
+    positive = np.asarray(positive, bool)
+    w = np.ones(len(positive)) if weights is None else np.asarray(weights, float)
+    order, ends = rank_order(scores)
+    w = w[..., order]
+    tp, seen = np.cumsum(w * positive[order], -1)[..., ends], np.cumsum(w, -1)[..., ends]
+    gained = np.diff(tp, prepend=0, axis=-1)   # positive weight of each block of tied scores
+    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    with np.errstate(invalid='ignore', divide='ignore'): ap = (gained * precision).sum(-1) / tp[..., -1]
+    return float(ap) if np.ndim(ap) == 0 else ap
 
 def classification_metrics(probs:np.ndarray, # class probabilities (N, 6)
                            y:np.ndarray, # true classes (N,)
@@ -383,20 +397,6 @@ def plot_history(history:pd.DataFrame, # per-epoch rows from `train`
     b.plot(history['epoch'], history['val_ev_corr'], 'o-', label='EV correlation', color='tab:purple')
     b.axhline(0, color='0.6', lw=0.8); b.set_xlabel('epoch'); b.legend(); b.set_title('validation')
     fig.suptitle(title); fig.tight_layout()
-    return fig
-
-# %% ../nbs/05_train.ipynb #da73a86b
-def plot_comparison(comparison:pd.DataFrame, # rows = models, columns include the metrics below
-                   ):
-    "Grouped bars of the headline metrics per model."
-    cols = ['k4_recall', 'k4_precision', 'k3k4_recall', 'k4_pr_auc', 'ev_corr']
-    fig, ax = plt.subplots(figsize=(11, 3.8))
-    w = 0.8 / len(comparison)
-    for i, (name, row) in enumerate(comparison.iterrows()):
-        ax.bar(np.arange(len(cols)) + i * w, row[cols].astype(float).fillna(0), w, label=name)
-    ax.set_xticks(np.arange(len(cols)) + w * (len(comparison) - 1) / 2, cols)
-    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=8); ax.set_title('validation metrics (undefined shown as 0)')
-    fig.tight_layout()
     return fig
 
 # %% ../nbs/05_train.ipynb #f8f2cd8e

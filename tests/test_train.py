@@ -9,7 +9,8 @@ import torch
 
 from k4_nbdev.sequences import FEATURES
 from k4_nbdev.train import (SplitError, purged_split, fit_scaler, apply_scaler, train, load_checkpoint,
-                            model_from_checkpoint, predict_proba, classification_metrics, walk_forward_folds)
+                            model_from_checkpoint, predict_proba, classification_metrics, walk_forward_folds,
+                            average_precision)
 
 L, F = 12, len(FEATURES)
 
@@ -163,3 +164,14 @@ def test_no_k4_in_training_warns_and_reports_undefined(tmp_path):
         res = train(X, m, y, X, m, y, tmp_path, {}, model_size='small', backend='torch', epochs=1, batch_size=20,
                     verbose=False, progress=False)
     assert math.isnan(res['best_metrics']['k4_recall'])
+
+
+def test_average_precision_ties_and_weights():
+    s, pos = np.array([0.9, 0.8, 0.1]), np.array([True, False, True])
+    assert average_precision(s, pos) == pytest.approx((1 + 2 / 3) / 2)
+    # tied scores are one threshold: the base rate, wherever the positive is stored
+    assert average_precision(np.zeros(4), np.array([True, False, False, False])) == 0.25
+    assert average_precision(np.zeros(4), np.array([False, False, False, True])) == 0.25
+    # weights per replicate: 0 drops a row, a common factor changes nothing
+    assert average_precision(s, pos, [[1, 0, 1], [1, 1, 1], [2, 2, 2]]) == pytest.approx([1, (1 + 2 / 3) / 2, (1 + 2 / 3) / 2])
+    assert math.isnan(average_precision(s, np.zeros(3, bool)))

@@ -1,6 +1,10 @@
-"Validation: each of the seven tests passing and failing, performance figures, a leaky builder caught, the report and CLI."
+"""Validation: each of the seven tests passing and failing, performance figures, a leaky builder caught, ranking metrics,
+pattern-bootstrap intervals, the oracle's ceiling, the report and CLI."""
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,11 +14,12 @@ from k4_nbdev.data import read_store
 from k4_nbdev.patterns import write_table
 from k4_nbdev.predict import PROB_COLUMNS, assign_signals, demo_run, predict
 from k4_nbdev.sequences import bar_features, market_sequences, read_sequences
-from k4_nbdev.train import expected_value
-from k4_nbdev.validate import (FAIL, PASS, SKIPPED, UNKNOWN, calibration_table, class_drift_check, confusion_matrix,
-                               ev_correlation_check, future_contamination_check, k4_recall_consistency_check,
-                               per_class_table, render_report, run_checks, scored_rows, signal_quality,
-                               split_purge_check, temporal_audit_check, temporal_sequence_check, validate_cli)
+from k4_nbdev.train import classification_metrics, expected_value
+from k4_nbdev.validate import (FAIL, NO_SIGNAL, ORACLE, PASS, SKIPPED, UNKNOWN, bootstrap_metrics, calibration_table,
+                               class_drift_check, confusion_matrix, ev_correlation_check, future_contamination_check,
+                               k4_recall_consistency_check, model_scores, oracle_model, pattern_resamples, per_class_table, quality_ev,
+                               quality_table, ranking_metrics, render_report, run_checks, scored_rows, signal_quality,
+                               split_purge_check, temporal_audit_check, temporal_sequence_check, validate, validate_cli)
 
 
 def toy(y, pred=None, start='2021-01-04'):
@@ -91,6 +96,16 @@ def test_k4_recall_consistency():
     pred = y.copy()
     pred[10:14] = 0                               # late recall 0.6: |delta| 0.4
     assert k4_recall_consistency_check(toy(y, pred))['details']['Consistency'] == 'MODERATE'
+
+
+def test_no_k4_found_in_either_half_is_no_signal_and_fails_the_verdict():
+    preds = toy(np.full(20, 4), np.zeros(20, int))          # recall 0 and 0: |delta| = 0, yet nothing found
+    result = k4_recall_consistency_check(preds)
+    assert result['status'] == NO_SIGNAL and result['details']['Consistency'] == 'NO SIGNAL'
+    results = run_checks(preds, n_boot=20)
+    assert not results['verdict']['passed'] and 'WARNINGS DETECTED' in results['verdict']['headline']
+    assert 'Quality tests (3, 4, 5): FAILED — Test 3 (K4 Recall Consistency: no signal)' in results['verdict']['lines']
+    assert '### Test 3: K4 Recall Consistency\n**Status**: ✗ NO SIGNAL' in render_report(results)
 
 
 def test_fewer_than_ten_k4_rows_is_unknown():
@@ -206,7 +221,7 @@ def test_validate_cli_writes_report_metrics_and_figures(run, capsys):
     assert text.startswith('# MambaAttention Validation Report') and '## Final Verdict' in text
     assert 'on or after the split date' in text
     links = [line.split('](')[1].rstrip(')') for line in text.splitlines() if line.startswith('![')]
-    assert len(links) == 5 and all((report.parent / link).exists() for link in links)
+    assert len(links) == 6 and all((report.parent / link).exists() for link in links)
     metrics = json.loads((report.parent / 'metrics.json').read_text())
     assert [c['status'] for c in metrics['checks']][5:] == [PASS, PASS]
     assert 'NaN' not in (report.parent / 'metrics.json').read_text()
@@ -226,3 +241,167 @@ def test_validate_cli_strict_and_bad_input(run, tmp_path):
         validate_cli(['--predictions', str(tmp_path / 'bad.parquet'), '--output', str(tmp_path / 'b.md')])
     with pytest.raises(SystemExit, match='does not exist'):
         validate_cli(['--predictions', str(tmp_path / 'none.parquet'), '--output', str(tmp_path / 'n.md')])
+
+
+# --- ranking, bootstrap, ceiling ------------------------------------------------------------------------------
+def ranked_case():
+    "100 rows ranked in row order; K4 at ranks 1, 3 and 50; pattern C holds ranks 2 and 50."
+    y = np.zeros(100, int)
+    y[[0, 2, 49]] = 4
+    pattern = np.array(['A', 'C', 'B'] + [f'p{i}' for i in range(3, 100)], dtype=object)
+    pattern[49] = 'C'
+    return -np.arange(100.0), y, pattern
+
+
+def test_alert_metrics_on_a_constructed_ranking():
+    score, y, pattern = ranked_case()
+    m = ranking_metrics(score, y, pattern)
+    assert [m[f'k4_recall_top{k}'] for k in (1, 2, 5)] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+    assert [m[f'k4_precision_top{k}'] for k in (1, 2, 5)] == pytest.approx([1, 1 / 2, 2 / 5])
+    assert m['k4_pr_auc'] == pytest.approx((1 + 2 / 3 + 3 / 50) / 3)
+    assert math.isnan(m['k4_recall']) and math.isnan(m['ev_corr'])      # no classes, no EV given
+    # 7 rows: ceil(0.05 * 7) = 1 alert
+    assert ranking_metrics(score[:7], y[:7], pattern[:7])['k4_precision_top5'] == 1
+    # all tied: the alerts are a random share of the block -> recall = the rate, precision = the base rate
+    tied = ranking_metrics(np.zeros(100), y, pattern)
+    assert (tied['k4_recall_top5'], tied['k4_precision_top5'], tied['k4_pr_auc']) == pytest.approx((0.05, 0.03, 0.03))
+
+
+def test_ranking_metrics_agree_with_the_training_metrics():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(6), 300)
+    y = rng.integers(0, 6, 300)
+    m = ranking_metrics(probs[:, 4], y, np.arange(300), expected_value(probs), probs.argmax(1))
+    ref = classification_metrics(probs, y)
+    assert [m[k] for k in ('k4_pr_auc', 'k4_recall', 'ev_corr')] == pytest.approx([ref[k] for k in ('k4_pr_auc', 'k4_recall', 'ev_corr')])
+
+
+def test_pattern_level_recall():
+    score, y, pattern = ranked_case()
+    m = ranking_metrics(score, y, pattern)
+    # C's K4 snapshot is ranked 50th, but its 2nd-ranked snapshot is alerted at 2%
+    assert [m[f'pattern_k4_recall_top{k}'] for k in (1, 2, 5)] == pytest.approx([1 / 3, 2 / 3, 1])
+    assert m['k4_recall_top2'] == pytest.approx(1 / 3)
+    # weights: pattern A dropped (weight 0) -> 99 rows, 1 alert at 1%: C's 2nd-ranked row; A no longer counts
+    w = np.ones((2, 100))
+    w[1, 0] = 0
+    mw = ranking_metrics(score, y, pattern, weights=w)
+    assert mw['pattern_k4_recall_top1'] == pytest.approx([1 / 3, 1 / 2])
+    assert mw['k4_precision_top1'] == pytest.approx([1, 0])
+    # ties: one pattern holds the 3 K4 rows of 100 tied rows; 5 random alerts hit it with chance 1 - C(97,5)/C(100,5)
+    one = ranking_metrics(np.zeros(100), y, np.where(y == 4, 'X', pattern))
+    assert one['pattern_k4_recall_top5'] == pytest.approx(1 - (95 * 94 * 93) / (100 * 99 * 98))
+    assert one['k4_recall_top5'] == pytest.approx(0.05)
+
+
+def simulate(seed, n_patterns=300, per_pattern=5):
+    "K4 patterns (rate 0.1) whose snapshots share outcome and prediction; the model calls half the K4 patterns K4."
+    rng = np.random.default_rng(seed)
+    is_k4 = rng.random(n_patterns) < 0.1
+    called = is_k4 & (rng.random(n_patterns) < 0.5)
+    rows = np.repeat(np.arange(n_patterns), per_pattern)
+    return np.where(is_k4, 4, 0)[rows], np.where(called, 4, 0)[rows], rows
+
+
+def test_pattern_bootstrap_covers_the_truth_and_is_wider_than_a_snapshot_bootstrap():
+    found = []
+    for seed in range(40):
+        y, pred, pattern = simulate(seed)
+        model = {'score': np.zeros(len(y)), 'pred': pred}     # true recall 0.5; true PR-AUC = the K4 rate 0.1
+        for unit, ids in (('pattern', pattern), ('snapshot', np.arange(len(y)))):
+            b = bootstrap_metrics(y, ids, model, n_boot=200, seed=seed)
+            found.append({'unit': unit, 'recall': b['k4_recall_lo'] <= 0.5 <= b['k4_recall_hi'],
+                          'pr_auc': b['k4_pr_auc_lo'] <= 0.1 <= b['k4_pr_auc_hi'], 'width': b['k4_recall_hi'] - b['k4_recall_lo']})
+    cover = pd.DataFrame(found).groupby('unit').mean()
+    assert cover.loc['pattern', 'recall'] >= 0.85 and cover.loc['pattern', 'pr_auc'] >= 0.85
+    assert cover.loc['snapshot', 'recall'] < 0.8                          # snapshots of one pattern are not independent
+    assert cover.loc['pattern', 'width'] > 1.5 * cover.loc['snapshot', 'width']
+
+
+def test_bootstrap_resamples_whole_patterns_and_is_seeded():
+    y, pred, pattern = simulate(0)
+    weights = np.concatenate(list(pattern_resamples(pattern, 30, seed=3)))
+    assert weights.shape == (30, len(y)) and (weights.sum(1) == len(y)).all()    # 300 patterns of 5 rows drawn per replicate
+    assert (weights.reshape(30, -1, 5) == weights.reshape(30, -1, 5)[..., :1]).all()   # a pattern's rows weigh alike
+    assert (np.concatenate(list(pattern_resamples(pattern, 30, seed=3))) == weights).all()
+    model = {'score': np.zeros(len(y)), 'pred': pred}
+    pd.testing.assert_series_equal(pd.Series(bootstrap_metrics(y, pattern, model, 50, seed=3)),
+                                   pd.Series(bootstrap_metrics(y, pattern, model, 50, seed=3)))
+    with pytest.raises(ValueError, match='n_boot'): bootstrap_metrics(y, pattern, model, 0)
+
+
+EPISODES = pd.DataFrame({'ticker': 'T', 'start_date': pd.to_datetime(['2021-01-04', '2021-03-01', '2021-05-03']),
+                         'end_date': pd.to_datetime(['2021-02-15', '2021-04-19', '2021-06-14']),
+                         'move_end_date': pd.to_datetime(['2021-02-26', '2021-04-30', '2021-06-30']),
+                         'quality': [-1.0, 0.5, 2.0], 'breaks_up': [False, True, True], 'move_size': [0.0, 0.5, 1.2]})
+
+
+def episode_classes():
+    "Weekly classes of the toy ticker: K4 exactly in the best episode, K3 in the middle one, K0 elsewhere."
+    dates = pd.date_range('2021-01-04', periods=40, freq='W-MON')
+    return np.where((dates >= '2021-05-03') & (dates <= '2021-06-30'), 4,
+                    np.where((dates >= '2021-03-01') & (dates <= '2021-04-30'), 3, 0))
+
+
+def test_quality_ev_maps_quality_bins_to_mean_realised_value():
+    ev = quality_ev([np.nan, np.nan, 0.1, 0.2, 0.9, 1.0], [0, 0, 1, 1, 4, 4], [np.nan, 0.15, 5.0, -3.0], bins=2)
+    assert list(ev) == pytest.approx([-2, -0.2, 10, -0.2])
+
+
+def test_oracle_ranks_the_best_episode_first():
+    y = episode_classes()
+    preds = toy(y)
+    oracle = oracle_model(preds, preds.iloc[:17], EPISODES)
+    assert np.isneginf(oracle['score'][y == 0][-1])                       # after the last episode: the lowest score
+    m = ranking_metrics(oracle['score'], y, preds['pattern_id'], oracle['ev'])
+    assert (m['k4_pr_auc'], m['k4_precision_top5']) == (1.0, 1.0)
+    assert m['k4_recall_top5'] == pytest.approx(2 / 9)                    # 2 alerts within the 9 tied rows
+    # the EV map sees only the fitting rows: other outcomes later change nothing
+    flipped = oracle_model(preds.assign(outcome_class=pd.array(np.zeros(40, int), dtype='Int64')), preds.iloc[:17], EPISODES)
+    assert list(flipped['ev']) == list(oracle['ev'])
+
+
+def test_quality_table_shares_of_the_ceiling():
+    y = episode_classes()
+    preds = toy(y)
+    probs = np.full((40, 6), 0.1)
+    probs[:, 0] = 0.5
+    probs[y == 4, 4] = np.linspace(0.6, 0.05, 9)
+    table = quality_table(y, preds['pattern_id'], {'m': model_scores(probs)}, oracle_model(preds, preds.iloc[:17], EPISODES),
+                          n_boot=50)
+    assert list(table.index) == ['m', ORACLE] and table.loc[ORACLE, 'k4_pr_auc'] == 1
+    assert table.loc['m', 'k4_pr_auc_share'] == pytest.approx(table.loc['m', 'k4_pr_auc'])
+    assert table.loc['m', 'k4_pr_auc_lo'] <= table.loc['m', 'k4_pr_auc'] <= table.loc['m', 'k4_pr_auc_hi']
+    assert math.isnan(table.loc[ORACLE, 'k4_recall']) and math.isnan(table.loc['m', 'k4_recall_share'])
+    assert 'k4_pr_auc_share' not in quality_table(y, preds['pattern_id'], {'m': model_scores(probs)}, n_boot=10)
+
+
+def test_validate_with_an_answer_key_reports_the_ceiling(tmp_path):
+    preds = toy(episode_classes())
+    write_table(preds, tmp_path / 'p.parquet', {'stage': 'test', 'split': {'split_date': '2021-05-24'}})
+    EPISODES.to_parquet(tmp_path / 'episodes.parquet')
+    res = validate(tmp_path / 'p.parquet', tmp_path / 'r.md', truth=tmp_path / 'episodes.parquet', n_boot=50)
+    text = (tmp_path / 'r.md').read_text()
+    assert '## Ceiling and confidence' in text and ORACLE in text and 'of ceiling' in text
+    assert 'labels ending before the split date 2021-05-24' in text
+    q = json.loads((tmp_path / 'metrics.json').read_text())['quality']
+    assert q['index'] == ['MambaAttention', ORACLE] and 'k4_pr_auc_share' in q['columns'] and q['n_boot'] == 50
+    validate(tmp_path / 'p.parquet', tmp_path / 'plain.md', metrics=tmp_path / 'plain.json', n_boot=10)
+    assert 'No answer key was given' in (tmp_path / 'plain.md').read_text()
+    assert json.loads((tmp_path / 'plain.json').read_text())['quality']['index'] == ['MambaAttention']
+
+
+def test_bad_answer_key_is_one_error_line(tmp_path):
+    write_table(toy(episode_classes()), tmp_path / 'p.parquet', {'stage': 'test'})
+    (tmp_path / 'text.parquet').write_text('not a parquet file')
+    EPISODES.drop(columns='quality').to_parquet(tmp_path / 'no_quality.parquet')
+    EPISODES.assign(start_date=EPISODES['start_date'].astype(str)).to_parquet(tmp_path / 'string_dates.parquet')
+    exe = Path(sys.executable).parent / 'k4-validate'
+    for name, says in [('missing.parquet', 'does not exist'), ('text.parquet', 'not a readable parquet'),
+                       ('no_quality.parquet', "lacks the columns ['quality']"), ('string_dates.parquet', 'must hold dates')]:
+        r = subprocess.run([str(exe), '--predictions', str(tmp_path / 'p.parquet'), '--output', str(tmp_path / 'r.md'),
+                            '--truth', str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('k4-validate: answer key') and says in lines[0], r.stderr
+    assert not (tmp_path / 'r.md').exists()
