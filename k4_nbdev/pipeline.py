@@ -193,7 +193,7 @@ def pipeline_cli(argv:list=None, # command-line arguments (default: sys.argv[1:]
     ap.add_argument('--model-size', choices=['small', 'base', 'large'], help='MambaAttention preset (default: the notebook\'s, small)')
     ap.add_argument('--backend', choices=['auto', 'torch', 'cuda', 'lstm'], help='sequence-layer backend (default auto)')
     ap.add_argument('--epochs', type=int, help='training epochs (default: the notebook\'s)')
-    ap.add_argument('--batch-size', type=int, help='training batch size (default 32)')
+    ap.add_argument('--batch-size', type=int, help='training batch size (default 64)')
     ap.add_argument('--split-ratio', type=float, help='date quantile of the train/validation split (default 0.8)')
     ap.add_argument('-p', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
                     help='extra stage parameter, e.g. -p epochs 3 (repeatable)')
