@@ -4,24 +4,30 @@
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'SCALES', 'TRUTH_COLUMNS', 'PRECURSORS', 'REAL_SOURCES',
-           'TRUTH_FILE', 'OHLCVError', 'validate_ohlcv', 'normalise_ohlcv', 'atomic_write', 'fingerprint',
-           'write_store', 'list_tickers', 'read_store', 'MarketParams', 'synthetic_market', 'episode_truth',
-           'episode_precursors', 'real_samples', 'stylized_facts', 'load_source', 'build_store', 'plot_ticker',
-           'plot_episodes', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
+           'TRUTH_FILE', 'USER_ERRORS', 'OHLCVError', 'validate_ohlcv', 'normalise_ohlcv', 'atomic_write',
+           'fingerprint', 'write_store', 'list_tickers', 'read_store', 'MarketParams', 'synthetic_market',
+           'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts', 'load_source', 'build_store',
+           'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag', 'check_outputs', 'os_error_line', 'command',
+           'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
+import errno
 import hashlib
+import inspect
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
+from functools import wraps
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import numpy as np
 import pandas as pd
+from fastcore.docments import docments
 
 # %% ../nbs/00_data.ipynb #a6351fb8
 OHLCV_COLUMNS = ['date', 'open', 'high', 'low', 'close', 'volume']
@@ -573,48 +579,113 @@ def plot_episodes(frames:dict, # ticker -> OHLCV frame
     fig.tight_layout()
     return fig
 
-# %% ../nbs/00_data.ipynb #2aefd745
-def _parser(prog:str, doc:str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc)
+# %% ../nbs/00_data.ipynb #6d16d645
+class UsageError(ValueError):
+    "A flag value a command cannot work with; the message names the flag."
 
-def synthetic_market_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
+def check_flag(ok:bool, # whether the value is acceptable
+               flag:str, # the flag, e.g. '--epochs'
+               value, # the value given
+               need:str, # what is needed, e.g. 'at least 1'
+              ):
+    "Raise a `UsageError` naming the flag unless `ok`."
+    if not ok: raise UsageError(f"{flag} must be {need}, got {value!r}")
+
+def _same_or_inside(path:Path, other:Path) -> bool:
+    return path == other or other in path.parents
+
+def check_outputs(outputs:dict, # flag -> output path (None: not written)
+                  inputs:dict, # flag -> input path (None: not given)
+                 ):
+    "Refuse an output that is, or lies inside, one of the inputs (resolving links and relative paths)."
+    for oflag, out in outputs.items():
+        if out is None: continue
+        o = Path(out).resolve()
+        for iflag, inp in inputs.items():
+            if inp is not None and _same_or_inside(o, Path(inp).resolve()):
+                raise UsageError(f"{oflag} {out} would overwrite the input {iflag} {inp}: write the output somewhere else")
+
+def os_error_line(e:OSError) -> str:
+    "One line for an expected OS error: what failed, on which path, and why."
+    why = {errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted', errno.ENOSPC: 'no space left on the device',
+           errno.EROFS: 'read-only file system', errno.ENOENT: 'no such file or folder', errno.EISDIR: 'is a folder, not a file',
+           errno.ENOTDIR: 'a part of the path is not a folder'}.get(e.errno, e.strerror or type(e).__name__)
+    where = ' -> '.join(str(p) for p in (e.filename, e.filename2) if p)
+    return f"{where}: {why}" if where else str(e) or why
+
+USER_ERRORS = (ValueError, KeyError, OSError)   # OHLCVError and UsageError are ValueErrors
+
+def _flag_kwargs(d) -> dict:
+    "argparse keywords of one docmented argument."
+    kw, anno, default = {'help': d.docment or ''}, d.anno, d.default
+    if get_origin(anno) is Literal: kw['choices'] = list(get_args(anno)); anno = type(kw['choices'][0])
+    if anno is bool and default is False: return {'help': kw['help'], 'action': 'store_true'}
+    if anno in (int, float, str): kw['type'] = anno
+    if default is inspect.Parameter.empty: kw['required'] = True
+    else:
+        kw['default'] = default
+        if default is not None and default != '': kw['help'] += f' (default: {default})'
+    return kw
+
+def command(prog:str, # the console script's name, e.g. 'k4-patterns'
+            positional:tuple=(), # arguments given by position instead of as --flags
+           ): # decorator: func -> main(argv=None)
+    "Make a console script of a function: flags from its signature and docments, one-line user errors, --debug."
+    def decorate(func):
+        @wraps(func)
+        def main(argv:list=None): # command-line arguments (default: sys.argv[1:])
+            p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
+            for name, d in docments(func, full=True, returns=False).items():
+                if name in positional: p.add_argument(name, **{k: v for k, v in _flag_kwargs(d).items() if k != 'required'})
+                else: p.add_argument('--' + name.replace('_', '-'), dest=name, **_flag_kwargs(d))
+            p.add_argument('--debug', action='store_true', help='show the traceback of an error (for a bug report)')
+            args = vars(p.parse_args(argv))
+            debug = args.pop('debug')
+            try: return func(**args)
+            except USER_ERRORS as e:
+                if debug: raise
+                text = os_error_line(e) if isinstance(e, OSError) else (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+                sys.exit(f"{prog}: {text}")
+        main.__wrapped__ = func
+        return main
+    return decorate
+
+# %% ../nbs/00_data.ipynb #2aefd745
+@command('k4-synthetic-market')
+def synthetic_market_cli(output:str, # store folder to write (a new folder, or one this command wrote before)
+                         n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers, at least 1
+                         n_days:int=SCALES['quick']['n_days'], # trading days per ticker, at least 2
+                         seed:int=0, # random seed (same seed, same bytes)
+                         episodes:str=None, # also write the answer key (the planted episodes) to this parquet file
                         ):
     "Write a synthetic OHLCV market to a store folder."
-    ap = _parser('k4-synthetic-market', synthetic_market_cli.__doc__)
-    ap.add_argument('--output', required=True, help='store folder to write')
-    ap.add_argument('--n-tickers', type=int, default=SCALES['quick']['n_tickers'], help='number of tickers')
-    ap.add_argument('--n-days', type=int, default=SCALES['quick']['n_days'], help='trading days per ticker')
-    ap.add_argument('--seed', type=int, default=0, help='random seed (same seed, same bytes)')
-    a = ap.parse_args(argv)
-    path = write_store(synthetic_market(a.n_tickers, a.n_days, a.seed), a.output)
-    print(f"wrote {a.n_tickers} synthetic tickers x {a.n_days} days to {path}")
+    check_flag(n_tickers >= 1, '--n-tickers', n_tickers, 'at least 1')
+    check_flag(n_days >= 2, '--n-days', n_days, 'at least 2')
+    if episodes is not None and _same_or_inside(Path(episodes).resolve(), Path(output).resolve()):
+        raise UsageError(f"--episodes {episodes} lies inside the store --output {output}: it would be read as a ticker")
+    frames, truth = synthetic_market(n_tickers, n_days, seed, with_episodes=True)
+    path = write_store(frames, output)
+    if episodes is not None:
+        with atomic_write(episodes) as tmp: truth.to_parquet(tmp, index=False)
+    print(f"wrote {n_tickers} synthetic tickers x {n_days} days to {path}" + (f"; answer key: {episodes}" if episodes else ''))
 
-def real_samples_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
+@command('k4-real-samples')
+def real_samples_cli(output:str, # store folder to write
                     ):
     "Write the real sample tickers shipped in PyPI packages to a store folder."
-    ap = _parser('k4-real-samples', real_samples_cli.__doc__)
-    ap.add_argument('--output', required=True, help='store folder to write')
-    a = ap.parse_args(argv)
-    try: frames = real_samples()
-    except (ModuleNotFoundError, FileNotFoundError, OHLCVError) as e:
-        print(f"k4-real-samples: {e}", file=sys.stderr)
-        raise SystemExit(1)
-    path = write_store(frames, a.output)
+    frames = real_samples()
+    path = write_store(frames, output)
     print(f"wrote {len(frames)} real tickers ({', '.join(frames)}) to {path}")
 
-def check_ohlcv_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
+@command('k4-check-ohlcv', positional=('store',))
+def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
+                    drop:bool=False, # report the rows that on_error='drop' removes instead of failing
                    ):
-    "Validate every ticker of an OHLCV store (never modifying it); exit 1 on bad data unless --drop."
-    ap = _parser('k4-check-ohlcv', check_ohlcv_cli.__doc__)
-    ap.add_argument('store', help='store folder or long parquet file')
-    ap.add_argument('--drop', action='store_true', help="report the rows that on_error='drop' removes instead of failing")
-    a = ap.parse_args(argv)
+    "Validate every ticker of an OHLCV store; exit 1 on bad data unless --drop."
     reports = []
-    try: frames = read_store(a.store, on_error='drop' if a.drop else 'raise', reports=reports)
-    except (OHLCVError, FileNotFoundError, KeyError) as e:
-        print(f"k4-check-ohlcv: {a.store}: {e}", file=sys.stderr)
-        raise SystemExit(1)
-    print(f"{a.store}: {len(frames)} tickers, {sum(map(len, frames.values())):,} valid bars")
+    try: frames = read_store(store, on_error='drop' if drop else 'raise', reports=reports)
+    except OHLCVError as e: raise OHLCVError(f"{store}: {e}") from None
+    print(f"{store}: {len(frames)} tickers, {sum(map(len, frames.values())):,} valid bars")
     if reports:
         report = pd.concat(reports, ignore_index=True)
         print(f"--drop: {report.groupby('ticker')['row'].nunique().sum()} rows would be dropped "
