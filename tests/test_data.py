@@ -273,3 +273,107 @@ def test_cli_real_samples(tmp_path):
     r = run_cli('k4-real-samples', '--output', tmp_path / 'real')
     assert r.returncode == 0, r.stderr
     assert list_tickers(tmp_path / 'real') == sorted(REAL_SOURCES)
+
+
+# ---- issue 12: user errors are one line, inputs untouched ----
+from hypothesis import HealthCheck, given, settings, strategies as st
+from k4_nbdev.data import PRICE_RANGE
+
+
+def tree_bytes(path):
+    "Every file under `path` (or the file itself) with its bytes, to prove an input was not touched."
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob('*') if p.is_file())
+    return {str(p): p.read_bytes() for p in files}
+
+
+def one_line_error(r, *names):
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for n in names: assert str(n) in r.stderr, (n, r.stderr)
+
+
+@pytest.mark.parametrize('name, content, says', [
+    ('A.parquet', b'', 'the file is empty'),
+    ('A.parquet', b'date,open\n2024-01-02,1\n', 'cannot be read as parquet'),
+    ('A.csv', b'', 'cannot be read as CSV'),
+])
+def test_check_ohlcv_unreadable_files_are_one_line(tmp_path, name, content, says):
+    (tmp_path / 's').mkdir(); (tmp_path / 's' / name).write_bytes(content)
+    before = tree_bytes(tmp_path / 's')
+    r = run_cli('k4-check-ohlcv', tmp_path / 's')
+    one_line_error(r, name, says)
+    assert tree_bytes(tmp_path / 's') == before
+
+
+def test_check_ohlcv_zero_byte_long_store(tmp_path):
+    (tmp_path / 'long.parquet').write_bytes(b'')
+    one_line_error(run_cli('k4-check-ohlcv', tmp_path / 'long.parquet'), 'long.parquet', 'empty')
+
+
+@pytest.mark.parametrize('price, rule', [(1e300, 'absurd_price'), (1e-9, 'absurd_price'), (0.0, 'non_positive_price')])
+def test_absurd_prices_are_flagged(tmp_path, price, rule):
+    f = bars(); f.loc[3, ['open', 'high', 'low', 'close']] = price
+    write_store({'X': f}, tmp_path / 's')
+    before = tree_bytes(tmp_path / 's')
+    one_line_error(run_cli('k4-check-ohlcv', tmp_path / 's'), rule, "'X'")
+    assert tree_bytes(tmp_path / 's') == before
+    assert PRICE_RANGE[0] <= 10.0 <= PRICE_RANGE[1]
+
+
+def test_empty_and_short_tickers(tmp_path):
+    write_store({'EMPTY': bars().iloc[:0], 'OK': bars()}, tmp_path / 's')
+    r = run_cli('k4-check-ohlcv', tmp_path / 's')
+    assert r.returncode == 1 and "'empty'" in r.stderr and "'EMPTY'" in r.stderr
+    write_store({'SHORT': bars(30)}, tmp_path / 't')
+    r = run_cli('k4-check-ohlcv', tmp_path / 't')
+    assert r.returncode == 0 and 'can never form a pattern' in r.stdout and "'SHORT' has 30 bars" in r.stdout
+
+
+@pytest.mark.parametrize('args, flag', [(['--n-tickers', 0], '--n-tickers'), (['--n-days', 1], '--n-days')])
+def test_synthetic_market_bad_flags(tmp_path, args, flag):
+    r = run_cli('k4-synthetic-market', '--output', tmp_path / 's', *args)
+    one_line_error(r, flag)
+    assert not (tmp_path / 's').exists()
+
+
+def test_synthetic_market_answer_key_never_inside_the_store(tmp_path):
+    r = run_cli('k4-synthetic-market', '--output', tmp_path / 's', '--n-tickers', 1, '--n-days', 200,
+                '--episodes', tmp_path / 's' / 'episodes.parquet')
+    one_line_error(r, '--episodes', 'inside the store')
+    assert not (tmp_path / 's').exists()
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / 'ro').mkdir(); (tmp_path / 'ro').chmod(0o500)
+    try:
+        r = run_cli('k4-synthetic-market', '--output', tmp_path / 'ro' / 's', '--n-tickers', 1, '--n-days', 200)
+        if r.returncode == 0: pytest.skip('running as a user who can write anywhere (root ignores folder permissions)')
+        one_line_error(r, tmp_path / 'ro')
+    finally: (tmp_path / 'ro').chmod(0o700)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run_cli('k4-check-ohlcv', tmp_path / 'missing', '--debug')
+    assert r.returncode == 1 and 'Traceback' in r.stderr
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=300), suffix=st.sampled_from(['.parquet', '.csv']))
+def test_reader_never_crashes_on_random_bytes(tmp_path_factory, content, suffix):
+    d = tmp_path_factory.mktemp('store')
+    (d / f'T{suffix}').write_bytes(content)
+    try: read_store(d)
+    except OHLCVError: pass          # a clean, named error is the only acceptable failure
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), *[st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                                                          st.integers(-5, 5))] * 5), max_size=8))
+def test_validation_never_crashes_on_random_frames(rows):
+    df = pd.DataFrame([(pd.Timestamp('2024-01-01') + pd.Timedelta(days=d), *v) for d, *v in rows], columns=OHLCV_COLUMNS)
+    for mode in ('raise', 'drop'):
+        try:
+            clean, report = validate_ohlcv(df, 'R', mode)
+            assert np.isfinite(clean[['open', 'high', 'low', 'close', 'volume']].to_numpy()).all()
+        except OHLCVError: pass
