@@ -7,13 +7,12 @@ __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_M
            'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'CLASS_NAMES', 'K4',
            'REFERENCE_SHARES', 'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS',
            'CALIBRATION_TARGETS', 'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'bbw_percentile',
-           'wilder_smooth', 'adx', 'indicators', 'qualifies', 'qualifying_runs', 'find_patterns', 'take_snapshots',
-           'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots', 'market_snapshots', 'class_mix',
-           'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'frames_fingerprint', 'write_table',
+           'wilder_smooth', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs', 'find_patterns',
+           'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots', 'market_snapshots',
+           'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'frames_fingerprint', 'write_table',
            'read_metadata', 'load_frames', 'run_patterns', 'build_snapshots', 'bench_calibration', 'patterns_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
-import argparse
 import hashlib
 import json
 import os
@@ -32,8 +31,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import (OHLCVError, MarketParams, SCALES, TRUTH_FILE, atomic_write, episode_truth, fingerprint, load_source,
-                           read_store, synthetic_market, validate_ohlcv)
+from .data import (OHLCVError, MarketParams, SCALES, TRUTH_FILE, UsageError, atomic_write, check_flag, check_outputs,
+                           command, episode_truth, fingerprint, list_tickers, load_source, read_store, synthetic_market,
+                           validate_ohlcv)
 
 # %% ../nbs/01_patterns.ipynb #05ee0586
 INDICATOR_COLUMNS = ['bbw_20', 'bbw_percentile', 'adx_14', 'volume_ratio_20', 'range_ratio']
@@ -154,6 +154,14 @@ def qualifies(ind:pd.DataFrame, # output of `indicators`
              + (ind['range_ratio'] < RANGE_RATIO_MAX).astype(int))
     return ((ind['bbw_percentile'] < BBW_PERCENTILE_MAX) & (votes >= 2)).to_numpy()
 
+# %% ../nbs/01_patterns.ipynb #2cc5f8d7
+def valid_channel(upper, # upper boundary (a number or an array)
+                  lower, # lower boundary, same shape
+                 ): # True where 0 < lower < upper (False where either is NaN)
+    "Whether a consolidation channel has a width: a zero-width or inverted channel has no position-in-range."
+    upper, lower = np.asarray(upper, dtype=float), np.asarray(lower, dtype=float)
+    return (lower > 0) & (upper > lower)
+
 # %% ../nbs/01_patterns.ipynb #5adf0c16
 PATTERN_COLUMNS = ['pattern_id', 'ticker', 'start_date', 'activation_date', 'exit_date', 'exit_type', 'start_price',
                    'upper_boundary', 'lower_boundary', 'power_boundary', 'days_qualifying', 'days_in_pattern']
@@ -186,6 +194,9 @@ def find_patterns(df:pd.DataFrame, # one ticker's OHLCV (oldest first)
             continue
         a = s + qualifying_days
         upper, lower = high[s + 1:a + 1].max(), low[s + 1:a + 1].min()
+        if not valid_channel(upper, lower):   # discarded at activation: NONE again from the next bar
+            pos = a + 1
+            continue
         power = POWER_FACTOR * upper
         timeout = s + MAX_PATTERN_DAYS + 1
         closes = close[a + 1:min(timeout, n - 1) + 1]
@@ -501,23 +512,29 @@ def bench_calibration(snapshots:pd.DataFrame, # labelled snapshots of a syntheti
     return table
 
 # %% ../nbs/01_patterns.ipynb #10456898
-def patterns_cli(argv:list=None, # arguments (default: `sys.argv[1:]`)
+@command('k4-patterns')
+def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a long parquet (never modified)
+                 output:str, # snapshots parquet to write (not inside the store)
+                 patterns_output:str=None, # also write the one-row-per-pattern table here
+                 snapshot_every:int=5, # trading days between snapshots, at least 1
+                 qualifying_days:int=10, # qualifying bars after the start bar, 1 to 89
+                 tickers:str=None, # comma-separated subset of the tickers
+                 workers:int=os.cpu_count() or 1, # processes, at least 1
                 ):
-    "Console script `k4-patterns`: find, snapshot and label the consolidation patterns of an OHLCV store."
-    p = argparse.ArgumentParser(prog='k4-patterns', description=patterns_cli.__doc__)
-    p.add_argument('--ohlcv', required=True, help='OHLCV store: folder of {TICKER}.parquet/.csv, or a long parquet')
-    p.add_argument('--output', required=True, help='snapshots parquet to write')
-    p.add_argument('--patterns-output', help='also write the one-row-per-pattern table here')
-    p.add_argument('--snapshot-every', type=int, default=5, help='trading days between snapshots (default 5)')
-    p.add_argument('--qualifying-days', type=int, default=10, help='qualifying bars after the start bar (default 10)')
-    p.add_argument('--tickers', help='comma-separated subset of the tickers')
-    p.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='processes (default: all cores)')
-    args = p.parse_args(argv)
-    try:
-        frames, source = load_frames(args.ohlcv, tickers=args.tickers.split(',') if args.tickers else None)
-        patterns, snapshots = run_patterns(frames, source, args.output, args.patterns_output, args.qualifying_days,
-                                           args.snapshot_every, args.workers, progress=sys.stderr.isatty())
-    except (OHLCVError, FileNotFoundError, KeyError, ValueError) as e:
-        sys.exit(f"k4-patterns: {args.ohlcv}: {e}")
+    "Find, snapshot and label the consolidation patterns of an OHLCV store."
+    check_outputs({'--output': output, '--patterns-output': patterns_output}, {'--ohlcv': ohlcv})
+    if patterns_output is not None and Path(patterns_output).resolve() == Path(output).resolve():
+        raise UsageError(f"--patterns-output {patterns_output} is also --output: give the two tables different files")
+    check_flag(snapshot_every >= 1, '--snapshot-every', snapshot_every, 'at least 1')
+    check_flag(1 <= qualifying_days < MAX_PATTERN_DAYS, '--qualifying-days', qualifying_days, f'between 1 and {MAX_PATTERN_DAYS - 1}')
+    check_flag(workers >= 1, '--workers', workers, 'at least 1')
+    wanted = None if tickers is None else [t.strip() for t in tickers.split(',') if t.strip()]
+    check_flag(wanted is None or len(wanted) > 0, '--tickers', tickers, 'a comma-separated list of tickers')
+    if wanted and (unknown := sorted(set(wanted) - set(list_tickers(ohlcv)))):
+        raise UsageError(f"--tickers {','.join(unknown)}: not in the store {ohlcv}")
+    try: frames, source = load_frames(ohlcv, tickers=wanted)
+    except OHLCVError as e: raise OHLCVError(f"{ohlcv}: {e}") from None
+    patterns, snapshots = run_patterns(frames, source, output, patterns_output, qualifying_days, snapshot_every, workers,
+                                       progress=sys.stderr.isatty())
     print(f"{len(frames)} tickers -> {len(patterns):,} patterns, {len(snapshots):,} snapshots "
-          f"({snapshots['outcome_class'].notna().sum():,} labelled) -> {args.output}")
+          f"({snapshots['outcome_class'].notna().sum():,} labelled) -> {output}")

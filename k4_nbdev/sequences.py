@@ -7,13 +7,12 @@ __all__ = ['FEATURES', 'PATTERN_FEATURES', 'BAR_FEATURES', 'EBP_WINDOW', 'DATE_C
            'META_COLUMNS', 'AUDIT_COLUMNS', 'KEY_FEATURES', 'shift', 'rolling_apply', 'rolling_median', 'rolling_slope',
            'trailing_rank', 'bars_since', 'bar_features', 'SequenceInputError', 'TemporalIntegrityError',
            'require_columns', 'check_snapshots', 'describe_problems', 'pattern_positions', 'window_features',
-           'finalize', 'ticker_sequences', 'iter_sequences', 'empty_sequences', 'market_sequences',
-           'validate_sequences', 'sequence_schema', 'sequence_table', 'write_sequences', 'read_sequences',
-           'audit_sequences', 'input_mismatch', 'build_sequences', 'demo_inputs', 'build_sequences_cli',
-           'plot_sequence', 'plot_class_distributions']
+           'finalize', 'ticker_sequences', 'iter_sequences', 'empty_sequences', 'market_sequences', 'NonFiniteError',
+           'check_finite', 'validate_sequences', 'sequence_schema', 'sequence_table', 'write_sequences',
+           'read_sequences', 'audit_sequences', 'recorded_fingerprint', 'input_mismatch', 'build_sequences',
+           'demo_inputs', 'build_sequences_cli', 'plot_sequence', 'plot_class_distributions']
 
 # %% ../nbs/02_sequences.ipynb #8b648bd4
-import argparse
 import json
 import os
 import sys
@@ -30,11 +29,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import (OHLCVError, SCALES, atomic_write, fingerprint, list_tickers, read_store,
-                           synthetic_market, write_store)
+from .data import (OHLCVError, SCALES, atomic_write, check_flag, check_outputs, command, fingerprint, list_tickers,
+                           read_store, synthetic_market, write_store)
 from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, bbw_percentile, frames_fingerprint,
                                indicators, market_snapshots, read_metadata, rolling_mean, rolling_std, safe_ratio,
-                               write_table)
+                               valid_channel, write_table)
 
 # %% ../nbs/02_sequences.ipynb #6178ee82
 FEATURES = [
@@ -223,9 +222,12 @@ def check_snapshots(frames:dict, # ticker -> OHLCV frame
             bad = np.zeros(len(snapshots), dtype=bool)
             bad[pos] = dates[np.minimum(np.searchsorted(dates, d), len(dates) - 1)] != d
             add(bad, k, f'{k} is not a trading day of the ticker')
-    for k in VALUE_COLUMNS: add(snapshots[k].isna().to_numpy(), k, f'{k} is missing')
+    for k in VALUE_COLUMNS:
+        values = snapshots[k].to_numpy(dtype=float, na_value=np.nan)
+        add(np.isnan(values), k, f'{k} is missing')
+        add(np.isinf(values), k, f'{k} is infinite')
     upper, lower = (snapshots[k].to_numpy(dtype=float, na_value=np.nan) for k in ('upper_boundary', 'lower_boundary'))
-    add(~((lower > 0) & (upper > lower)) & ~np.isnan(upper + lower), 'lower_boundary',
+    add(~valid_channel(upper, lower) & ~np.isnan(upper + lower), 'lower_boundary',
         'inconsistent boundaries (need 0 < lower < upper)')
     s, a, t = (snapshots[k].to_numpy() for k in DATE_COLUMNS)
     add((s > a) | (a > t), 'snapshot_date', 'dates out of order (need start <= activation <= snapshot)')
@@ -379,6 +381,21 @@ def market_sequences(frames:dict, # ticker -> OHLCV frame
             pd.concat([p[2] for p in parts], ignore_index=True))
 
 # %% ../nbs/02_sequences.ipynb #f988745a
+class NonFiniteError(ValueError):
+    "Sequences holding an infinite or NaN value; the message names the file, the rows and the features."
+
+def check_finite(X:np.ndarray, # (N, L, 69)
+                 meta:pd.DataFrame, # with `ticker` and `snapshot_date`
+                 where:str='sequences', # what they are (the file they were to be written to)
+                ):
+    "Raise `NonFiniteError` naming the rows (ticker, snapshot date) and the feature columns that are not finite."
+    bad = ~np.isfinite(X)
+    if not bad.any(): return
+    rows, features = np.flatnonzero(bad.any(axis=(1, 2))), np.flatnonzero(bad.any(axis=(0, 1)))
+    shown = ', '.join(f"{meta['ticker'].iloc[i]} {pd.Timestamp(meta['snapshot_date'].iloc[i]).date()}" for i in rows[:5])
+    raise NonFiniteError(f"{where}: non-finite values in {len(rows)} of {len(X)} sequences, first rows (ticker snapshot_date): "
+                         f"{shown}{', ...' if len(rows) > 5 else ''}; features {[FEATURES[k] for k in features]}")
+
 def validate_sequences(X:np.ndarray, # (N, L, 69)
                        mask:np.ndarray, # (N, L) bool
                        meta:pd.DataFrame, # with `ticker`, `snapshot_date`, `sequence_dates`
@@ -403,9 +420,7 @@ def validate_sequences(X:np.ndarray, # (N, L, 69)
         i = int(np.argmax((mask != ~np.isnat(dates)).any(axis=1) | (np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1)))
         raise ValueError("sequence of ticker %r for snapshot %s: the mask must be 1 exactly on dated bars, padding "
                          "only on the left" % where(i))
-    if not np.isfinite(X).all():
-        i = int(np.argmax(~np.isfinite(X).all(axis=(1, 2))))
-        raise ValueError("sequence of ticker %r for snapshot %s holds a non-finite value" % where(i))
+    check_finite(X, meta)
 
 def sequence_schema(sequence_length:int=50, # timesteps per sequence
                    ) -> pa.Schema: # the columns of `sequences.parquet`
@@ -454,6 +469,7 @@ def write_sequences(batches, # iterable of (X, mask, meta), e.g. `iter_sequences
                                                   pd.concat(parts[2], ignore_index=True)), row_group_size=rows_per_group)
                 pending.clear()
         for X, mask, meta in batches:
+            check_finite(X, meta, f'{path} (not written)')
             if validate: validate_sequences(X, mask, meta, sequence_length)
             pending.append((X, mask, meta))
             n += len(X)
@@ -516,14 +532,25 @@ def audit_sequences(sequences, # path of a sequences file, or (X, mask, meta) as
     return table
 
 # %% ../nbs/02_sequences.ipynb #f319a03b
+def recorded_fingerprint(path, # parquet file written by `write_table`
+                        ) -> str: # the fingerprint of the input it was built from; None when its provenance is missing
+    "The input fingerprint a k4_nbdev parquet file records."
+    try: return read_metadata(path).get('input', {}).get('fingerprint')
+    except (KeyError, TypeError, ValueError): return None
+
 def input_mismatch(snapshots_path, # snapshots parquet written by the patterns stage
                    ohlcv_store, # OHLCV store the sequences are to be built from
                    frames:dict=None, # the store's frames, if already read
-                  ) -> str: # why the snapshots were not built from this store; '' when they were (or say nothing)
+                   provenance_check:bool=True, # refuse snapshots that record no input fingerprint
+                  ) -> str: # why the snapshots cannot be shown to come from this store; '' when they do
     "Compare the input fingerprint recorded in the snapshots with the store."
-    try: recorded = read_metadata(snapshots_path).get('input', {}).get('fingerprint')
-    except (KeyError, TypeError): return ''
-    if recorded is None or recorded == fingerprint(ohlcv_store): return ''
+    recorded = recorded_fingerprint(snapshots_path)
+    if recorded is None:
+        if not provenance_check: return ''
+        return (f"{snapshots_path} records no input fingerprint (its provenance metadata was stripped), so nothing shows "
+                f"it was built from the OHLCV store {ohlcv_store}: rebuild it with k4-patterns --ohlcv {ohlcv_store}, "
+                "or accept it unchecked with --no-provenance-check (provenance_check=False)")
+    if recorded == fingerprint(ohlcv_store): return ''
     if recorded == frames_fingerprint(read_store(ohlcv_store) if frames is None else frames): return ''
     return (f"{snapshots_path} was built from an input with fingerprint {recorded[:12]}..., not from the OHLCV store "
             f"{ohlcv_store} (fingerprint {fingerprint(ohlcv_store)[:12]}...); rebuild the snapshots from this store "
@@ -539,6 +566,7 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
                     skip_bad:bool=False, # skip bad snapshot rows (counted by reason) instead of stopping
                     seed:int=0, # seed of the `max_samples` sample
                     progress:bool=True, # show a progress bar
+                    provenance_check:bool=True, # refuse snapshots that record no input fingerprint (False: accept, and say so)
                    ) -> dict: # summary: n_sequences, skipped (reason -> rows), seconds, output
     "The stage: snapshots + OHLCV store -> `sequences.parquet`, checked, streamed and written atomically."
     t0 = time.perf_counter()
@@ -548,7 +576,7 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     snapshots = pd.read_parquet(snapshots_path)
     require_columns(snapshots, str(snapshots_path))
     frames = read_store(ohlcv_store)
-    if reason := input_mismatch(snapshots_path, ohlcv_store, frames): raise SequenceInputError(reason)
+    if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check): raise SequenceInputError(reason)
     problems = check_snapshots(frames, snapshots)
     if len(problems) and not skip_bad: raise SequenceInputError(describe_problems(problems, str(snapshots_path)))
     skipped = problems.drop_duplicates('row').groupby('reason')['row'].size().to_dict()
@@ -557,10 +585,12 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     metadata = {'stage': 'sequences', 'version': k4_nbdev.__version__, 'features': FEATURES,
                 'sequence_length': sequence_length, 'n_sequences': len(keep), 'skipped': skipped,
                 'input': {'snapshots': str(snapshots_path), 'snapshots_fingerprint': fingerprint(snapshots_path),
-                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': fingerprint(ohlcv_store)},
+                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': fingerprint(ohlcv_store),
+                          'provenance_check': 'passed' if recorded_fingerprint(snapshots_path) else 'skipped'},
                 'parameters': {'max_samples': max_samples, 'seed': seed, 'validate': validate, 'skip_bad': skip_bad}}
-    n = write_sequences(iter_sequences(frames, keep, sequence_length, workers, progress), output, metadata,
-                        sequence_length, validate)
+    try: n = write_sequences(iter_sequences(frames, keep, sequence_length, workers, progress), output, metadata,
+                             sequence_length, validate)
+    except NonFiniteError as e: raise NonFiniteError(f"{e} (inputs: {snapshots_path}, {ohlcv_store})") from None
     return {'n_sequences': n, 'skipped': skipped, 'seconds': time.perf_counter() - t0, 'output': str(output)}
 
 def demo_inputs(folder, # where to write `ohlcv/` and `snapshots.parquet`
@@ -576,29 +606,31 @@ def demo_inputs(folder, # where to write `ohlcv/` and `snapshots.parquet`
     return write_table(snapshots, folder / 'snapshots.parquet', meta), store
 
 # %% ../nbs/02_sequences.ipynb #4128c0a9
-def build_sequences_cli(argv:list=None, # arguments (default: `sys.argv[1:]`)
+@command('k4-build-sequences')
+def build_sequences_cli(input:str, # snapshots parquet written by the patterns stage (never modified)
+                        output:str, # sequences parquet to write
+                        ohlcv:str=None, # OHLCV store the snapshots were built from (default: ohlcv/ next to --input)
+                        sequence_length:int=50, # trading bars per sequence, at least 1
+                        max_samples:int=None, # build only a seeded sample of this many snapshots (at least 1)
+                        no_validate:bool=False, # skip the temporal-integrity and shape checks (the finiteness check stays)
+                        workers:int=os.cpu_count() or 1, # processes, at least 1
+                        skip_bad:bool=False, # skip bad snapshot rows, counted by reason, instead of stopping
+                        seed:int=0, # seed of the --max-samples sample, 0 to 2**32 - 1
+                        no_provenance_check:bool=False, # accept snapshots that record no input fingerprint (the output's metadata says so)
                        ):
-    "Console script `k4-build-sequences`: build the 50x69 sequences of a snapshots file."
-    p = argparse.ArgumentParser(prog='k4-build-sequences', description=build_sequences_cli.__doc__)
-    p.add_argument('--input', required=True, help='snapshots parquet written by the patterns stage')
-    p.add_argument('--output', required=True, help='sequences parquet to write')
-    p.add_argument('--ohlcv', help='OHLCV store the snapshots were built from (default: ohlcv/ next to --input)')
-    p.add_argument('--sequence-length', type=int, default=50, help='trading bars per sequence (default 50)')
-    p.add_argument('--max-samples', type=int, help='build only a seeded sample of this many snapshots')
-    p.add_argument('--no-validate', action='store_true', help='skip the temporal-integrity and shape checks')
-    p.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='processes (default: all cores)')
-    p.add_argument('--skip-bad', action='store_true', help='skip bad snapshot rows, counted by reason, instead of stopping')
-    p.add_argument('--seed', type=int, default=0, help='seed of the --max-samples sample (default 0)')
-    a = p.parse_args(argv)
-    ohlcv = a.ohlcv or Path(a.input).parent / 'ohlcv'
-    try:
-        summary = build_sequences(a.input, ohlcv, a.output, a.sequence_length, a.max_samples, not a.no_validate,
-                                  a.workers, a.skip_bad, a.seed, progress=sys.stderr.isatty())
-    except (SequenceInputError, TemporalIntegrityError, OHLCVError, FileNotFoundError, KeyError, ValueError) as e:
-        sys.exit(f"k4-build-sequences: {a.input}: {e}")
+    "Build the 50x69 sequences of a snapshots file."
+    ohlcv = ohlcv or str(Path(input).parent / 'ohlcv')
+    check_outputs({'--output': output}, {'--input': input, '--ohlcv': ohlcv})
+    check_flag(sequence_length >= 1, '--sequence-length', sequence_length, 'at least 1')
+    check_flag(max_samples is None or max_samples >= 1, '--max-samples', max_samples, 'at least 1')
+    check_flag(workers >= 1, '--workers', workers, 'at least 1')
+    check_flag(0 <= seed < 2**32, '--seed', seed, 'between 0 and 2**32 - 1')
+    try: summary = build_sequences(input, ohlcv, output, sequence_length, max_samples, not no_validate, workers, skip_bad,
+                                   seed, progress=sys.stderr.isatty(), provenance_check=not no_provenance_check)
+    except OHLCVError as e: raise OHLCVError(f"{ohlcv}: {e}") from None
     skipped = f"; skipped {summary['skipped']}" if summary['skipped'] else ''
-    print(f"{summary['n_sequences']:,} sequences x {a.sequence_length} x {len(FEATURES)} in {summary['seconds']:.1f} s "
-          f"-> {a.output}{skipped}")
+    print(f"{summary['n_sequences']:,} sequences x {sequence_length} x {len(FEATURES)} in {summary['seconds']:.1f} s "
+          f"-> {output}{skipped}")
 
 # %% ../nbs/02_sequences.ipynb #2991941d
 def plot_sequence(X:np.ndarray, # (L, 69) one sequence

@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from k4_nbdev.data import OHLCVError, MarketParams, synthetic_market, write_store, fingerprint
 from k4_nbdev.patterns import (CALIBRATION_TARGETS, LABEL_COLUMNS, bench_calibration, SNAPSHOT_COLUMNS, adx, bollinger_width, find_patterns, indicators,
-                               label_snapshots, market_snapshots, patterns_cli, qualifies, read_metadata,
-                               take_snapshots, ticker_snapshots)
+                               label_snapshots, market_snapshots, patterns_cli, qualifies, qualifying_runs, read_metadata,
+                               take_snapshots, ticker_snapshots, valid_channel)
 
 
 def flat(n, price=100.0, spread=1.0, volume=1e6):
@@ -338,3 +338,96 @@ def test_calibration_fails_when_the_class_mix_leaves_its_ranges():
                                         params=MarketParams(move_log_mean=-3.0))
     table = bench_calibration(market_snapshots(frames, workers=2, progress=False)[1], episodes, split_date=None)
     assert not table.loc[['K3 % of labelled', 'K4 % of labelled'], 'ok'].any()
+
+
+# ---------------------------------------------------------------- degenerate channels (flat, tick-quantised bars)
+
+def tick_flat_ticker(n=260):
+    "200 loud bars, then bars with open = high = low = close = 100: bars 200-218 qualify, all on one price."
+    df = quiet_ticker(n)
+    quiet = np.arange(n) >= 200
+    for k in ('open', 'high', 'low', 'close'): df.loc[quiet, k] = 100.0
+    return df
+
+
+def test_degenerate_channel_at_activation_is_dropped_and_the_ticker_restarts():
+    df = flat(60, spread=0.0)                                   # open = high = low = close
+    q = mask(60, (5, 60))
+    assert find_patterns(df, q, 'T').empty
+    df.loc[20, 'high'] = 100.5                                  # one tick of width in the second candidate's bars
+    pats = find_patterns(df, q, 'T')
+    assert pats['start_date'].tolist() == dates_at(df, 16) and pats['activation_date'].tolist() == dates_at(df, 26)
+    assert valid_channel(pats['upper_boundary'], pats['lower_boundary']).all()
+    df = tick_flat_ticker()
+    assert qualifying_runs(qualifies(indicators(df))).max() > 10   # the flat bars do qualify ...
+    pats, snaps = ticker_snapshots(df, 'FLAT')
+    assert pats.empty and snaps.empty                           # ... but never make a zero-width pattern
+
+
+def test_the_builder_uses_the_same_channel_rule():
+    from k4_nbdev import sequences
+    assert sequences.valid_channel is valid_channel
+    assert valid_channel(np.array([101.0, 100.0, 100.0, np.nan]), np.array([99.0, 100.0, 0.0, 99.0])).tolist() == \
+        [True, False, False, False]
+
+
+def test_flat_bars_flow_through_patterns_and_sequences(tmp_path):
+    from k4_nbdev.sequences import build_sequences_cli
+    store = write_store({'FLAT': tick_flat_ticker(), 'SYN0000': SYN['SYN0000']}, tmp_path / 'ohlcv')
+    patterns_cli(['--ohlcv', str(store), '--output', str(tmp_path / 'snapshots.parquet'), '--workers', '1'])
+    snaps = pd.read_parquet(tmp_path / 'snapshots.parquet')
+    assert len(snaps) and (snaps['upper_boundary'] > snaps['lower_boundary']).all()
+    build_sequences_cli(['--input', str(tmp_path / 'snapshots.parquet'), '--output', str(tmp_path / 'sequences.parquet'),
+                         '--workers', '1'])
+    assert read_metadata(tmp_path / 'sequences.parquet')['n_sequences'] == len(snaps)
+
+
+# ---------------------------------------------------------------- the console script refuses, in one line, touching nothing
+
+def run_cli(main, argv):
+    "(exit status, message) of a console script run in this process; a string exit code is status 1."
+    try: main(argv)
+    except SystemExit as e: return (1, e.code) if isinstance(e.code, str) else (e.code, '')
+    return 0, ''
+
+
+@pytest.fixture(scope='module')
+def stores(tmp_path_factory):
+    "A folder store and a long-parquet store of two tickers."
+    d = tmp_path_factory.mktemp('stores')
+    frames = {t: SYN[t] for t in ('SYN0000', 'SYN0001')}
+    return {'folder': write_store(frames, d / 'ohlcv'), 'long': write_store(frames, d / 'ohlcv.parquet')}
+
+
+@pytest.mark.parametrize('layout, flags, named', [
+    ('long', lambda s, d: ['--output', str(s)], '--output'),
+    ('folder', lambda s, d: ['--output', str(s / 'snapshots.parquet')], '--output'),
+    ('long', lambda s, d: ['--output', str(d / 'snapshots.parquet'), '--patterns-output', str(s)], '--patterns-output'),
+    ('folder', lambda s, d: ['--output', str(d / 'snapshots.parquet'), '--patterns-output', str(s / 'p.parquet')],
+     '--patterns-output'),
+    ('folder', lambda s, d: ['--output', str(d / 'same.parquet'), '--patterns-output', str(d / '.' / 'same.parquet')],
+     '--patterns-output'),
+], ids=['output-is-long-store', 'output-inside-store', 'patterns-output-is-long-store',
+        'patterns-output-inside-store', 'output-equals-patterns-output'])
+def test_cli_refuses_an_output_that_is_an_input(tmp_path, stores, layout, flags, named):
+    store = stores[layout]
+    before = fingerprint(store)
+    rc, message = run_cli(patterns_cli, ['--ohlcv', str(store), '--workers', '1', *flags(store, tmp_path)])
+    assert rc == 1 and message.startswith('k4-patterns: ') and named in message and '\n' not in message
+    assert fingerprint(store) == before and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('flag, value', [('--snapshot-every', '0'), ('--qualifying-days', '0'), ('--qualifying-days', '90'),
+                                         ('--workers', '0'), ('--tickers', 'SYN0000,NOPE'), ('--tickers', ',')])
+def test_cli_bad_flags_exit_1_naming_the_flag(tmp_path, stores, flag, value):
+    before = fingerprint(stores['folder'])
+    rc, message = run_cli(patterns_cli, ['--ohlcv', str(stores['folder']), '--output', str(tmp_path / 's.parquet'), flag, value])
+    assert rc == 1 and message.startswith('k4-patterns: ') and flag in message and '\n' not in message
+    if value == 'SYN0000,NOPE': assert 'NOPE' in message and 'SYN0000' not in message.split(':')[1]
+    assert fingerprint(stores['folder']) == before and list(tmp_path.iterdir()) == []
+
+
+def test_cli_user_error_exit_status_is_1_without_a_traceback(tmp_path, stores):
+    run = subprocess.run([sys.executable, '-c', 'from k4_nbdev.patterns import patterns_cli; patterns_cli()',
+                          '--ohlcv', str(stores['long']), '--output', str(stores['long'])], capture_output=True, text=True)
+    assert run.returncode == 1 and 'Traceback' not in run.stderr and run.stderr.count('\n') == 1

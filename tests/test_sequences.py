@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 
-from k4_nbdev.data import SCALES, synthetic_market, write_store
+from k4_nbdev.data import SCALES, fingerprint, synthetic_market, write_store
 from k4_nbdev.patterns import indicators, market_snapshots, read_metadata, write_table
 from k4_nbdev.sequences import (FEATURES, SequenceInputError, TemporalIntegrityError, audit_sequences, bar_features,
                                 build_sequences, build_sequences_cli, check_snapshots, demo_inputs, market_sequences,
@@ -248,3 +248,97 @@ def test_cli_defaults_to_the_run_folder_store(tmp_path, capsys):
                          '--workers', '1', '--no-validate'])
     assert 'sequences x 50 x 69' in capsys.readouterr().out
     assert read_metadata(tmp_path / 'sequences.parquet')['parameters']['validate'] is False
+
+
+# --- the console script refuses, in one line, touching nothing -------------------------------------------
+
+def run_cli(argv):
+    "(exit status, message) of `k4-build-sequences` run in this process; a string exit code is status 1."
+    try: build_sequences_cli(argv)
+    except SystemExit as e: return (1, e.code) if isinstance(e.code, str) else (e.code, '')
+    return 0, ''
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    "Self-consistent tiny inputs (snapshots + folder store), a long-parquet store, and the snapshots stripped of provenance."
+    d = tmp_path_factory.mktemp('demo')
+    snaps, store = demo_inputs(d, 'tiny', 0)
+    stripped = d / 'stripped.parquet'
+    pd.read_parquet(snaps).to_parquet(stripped)
+    long = write_store(synthetic_market(**SCALES['tiny'], seed=0), d / 'ohlcv.parquet')
+    return {'snapshots': snaps, 'store': store, 'stripped': stripped, 'long': long}
+
+
+def input_hashes(demo): return {k: fingerprint(p) for k, p in demo.items()}
+
+
+def refused(demo, tmp_path, argv, *named):
+    "Assert a one-line exit-1 refusal that names `named`, with every input unchanged and nothing written."
+    before = input_hashes(demo)
+    rc, message = run_cli([str(a) for a in argv])
+    assert rc == 1 and message.startswith('k4-build-sequences: ') and '\n' not in message, message
+    assert all(str(n) in message for n in named), message
+    assert input_hashes(demo) == before and list(tmp_path.iterdir()) == []
+    return message
+
+
+@pytest.mark.parametrize('case', ['output-is-input', 'output-inside-store', 'output-is-long-store'])
+def test_cli_refuses_an_output_that_is_an_input(demo, tmp_path, case):
+    snaps, store, long = demo['snapshots'], demo['store'], demo['long']
+    argv = {'output-is-input': ['--input', snaps, '--ohlcv', store, '--output', snaps],
+            'output-inside-store': ['--input', snaps, '--ohlcv', store, '--output', store / 'sequences.parquet'],
+            'output-is-long-store': ['--input', snaps, '--ohlcv', long, '--output', long]}[case]
+    refused(demo, tmp_path, argv, '--output', '--input' if case == 'output-is-input' else '--ohlcv')
+
+
+@pytest.mark.parametrize('flag, value', [('--sequence-length', '0'), ('--max-samples', '0'), ('--workers', '0'),
+                                         ('--seed', '-1')])
+def test_cli_bad_flags_exit_1_naming_the_flag(demo, tmp_path, flag, value):
+    refused(demo, tmp_path, ['--input', demo['snapshots'], '--ohlcv', demo['store'], '--output',
+                             tmp_path / 'sequences.parquet', flag, value], flag)
+
+
+def test_cli_refuses_snapshots_of_another_store_naming_both_files(demo, tmp_path_factory, tmp_path):
+    other = write_store(synthetic_market(**SCALES['tiny'], seed=1), tmp_path_factory.mktemp('other') / 'ohlcv')
+    refused(demo, tmp_path, ['--input', demo['snapshots'], '--ohlcv', other, '--output', tmp_path / 'sequences.parquet',
+                             '--no-provenance-check'], demo['snapshots'], other)   # a proven mismatch: refused always
+
+
+def test_cli_refuses_stripped_provenance_unless_told(demo, tmp_path):
+    out = tmp_path / 'sequences.parquet'
+    refused(demo, tmp_path, ['--input', demo['stripped'], '--ohlcv', demo['store'], '--output', out],
+            demo['stripped'], demo['store'], '--no-provenance-check')
+    before = input_hashes(demo)
+    assert run_cli(['--input', str(demo['stripped']), '--ohlcv', str(demo['store']), '--output', str(out),
+                    '--workers', '1', '--no-provenance-check']) == (0, '')
+    assert input_hashes(demo) == before
+    assert read_metadata(out)['input']['provenance_check'] == 'skipped'
+    run_cli(['--input', str(demo['snapshots']), '--ohlcv', str(demo['store']), '--output', str(tmp_path / 'ok.parquet'),
+             '--workers', '1'])
+    assert read_metadata(tmp_path / 'ok.parquet')['input']['provenance_check'] == 'passed'
+
+
+@pytest.mark.filterwarnings('ignore:overflow:RuntimeWarning')
+@pytest.mark.parametrize('validate', [[], ['--no-validate']])
+def test_non_finite_sequences_stop_the_command_naming_file_rows_and_features(demo, tmp_path_factory, tmp_path, validate):
+    d = tmp_path_factory.mktemp('huge')
+    snaps = pd.read_parquet(demo['snapshots'])
+    snaps.loc[2, ['upper_boundary', 'power_boundary']] = [1e300, 1.005e300]   # finite, but not in float32
+    huge = write_table(snaps, d / 'snapshots.parquet', read_metadata(demo['snapshots']))
+    before = fingerprint(huge)
+    out = tmp_path / 'sequences.parquet'
+    message = refused(demo, tmp_path, ['--input', huge, '--ohlcv', demo['store'], '--output', out, '--workers', '1', *validate],
+                      out, huge, snaps['ticker'][2], snaps['snapshot_date'][2].date(), 'upper_boundary',
+                      'consolidation_channel_width_pct')
+    assert 'non-finite' in message and fingerprint(huge) == before
+
+
+def test_flat_and_infinite_channels_are_bad_rows(demo):
+    from k4_nbdev.data import read_store
+    frames, snaps = read_store(demo['store']), pd.read_parquet(demo['snapshots'])
+    flat = snaps.assign(upper_boundary=snaps['upper_boundary'].where(snaps.index != 1, snaps['lower_boundary']))
+    assert check_snapshots(frames, flat)[['row', 'reason']].values.tolist() == \
+        [[1, 'inconsistent boundaries (need 0 < lower < upper)']]
+    inf = snaps.assign(upper_boundary=snaps['upper_boundary'].where(snaps.index != 1, np.inf))
+    assert check_snapshots(frames, inf)[['row', 'reason']].values.tolist() == [[1, 'upper_boundary is infinite']]
