@@ -4,27 +4,26 @@
 
 # %% auto #0
 __all__ = ['K5', 'K5_AVOID', 'SIGNAL_LEVELS', 'SIGNALS', 'PROB_COLUMNS', 'ID_COLUMNS', 'SIGNAL_COLORS', 'SCAN_COLUMNS',
-           'assign_signals', 'check_compatible', 'check_dates', 'score_sequences', 'prediction_table',
-           'sequence_length_of', 'predict', 'prediction_summary', 'demo_run', 'plot_signals', 'active_pattern',
-           'market_as_of', 'scan', 'predict_cli', 'write_scan', 'scan_cli']
+           'assign_signals', 'check_compatible', 'score_sequences', 'prediction_table', 'predict', 'prediction_summary',
+           'demo_run', 'plot_signals', 'active_pattern', 'market_as_of', 'scan', 'predict_cli', 'write_scan',
+           'parse_date', 'scan_cli']
 
 # %% ../nbs/06_predict.ipynb #bb4e8ad3
-import argparse
-import sys
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 import k4_nbdev
-from .data import atomic_write, fingerprint, read_store
+from .data import atomic_write, check_flag, check_outputs, command, fingerprint, read_store
 from .loss import CLASS_NAMES, K4
+from .model import MODEL_SIZES
 from .patterns import SNAPSHOT_COLUMNS, find_patterns, indicators, qualifies, read_metadata, write_table
-from .sequences import FEATURES, build_sequences, demo_inputs, read_sequences, ticker_sequences
-from .train import (apply_scaler, expected_value, fit_model, load_checkpoint, load_training_data,
-                            model_from_checkpoint, predict_proba)
+from .sequences import FEATURES, build_sequences, check_finite, demo_inputs, read_sequences, ticker_sequences
+from .train import (apply_scaler, check_dates, check_device, expected_value, fit_model,
+                            load_checkpoint, load_training_data, model_from_checkpoint, predict_proba, sequences_provenance)
 
 # %% ../nbs/06_predict.ipynb #eda7b6e8
 K5 = 5                        # class code of K5_FAILED
@@ -62,18 +61,6 @@ def check_compatible(ckpt:dict, # from `load_checkpoint`
         raise ValueError(f"{source}: sequences have {sequence_length} timesteps, the checkpoint was trained on "
                          f"{stored['sequence_length']}; rebuild with --sequence-length {stored['sequence_length']}")
 
-def check_dates(meta:pd.DataFrame, # rows with `ticker` and `snapshot_date`
-                source:str='sequences', # the file, for messages
-                today=None, # the current date; None: today
-               ):
-    "Raise ValueError when a snapshot date lies after today."
-    today = pd.Timestamp.today().normalize() if today is None else pd.Timestamp(today)
-    future = meta['snapshot_date'] > today
-    if future.any():
-        first = meta[future].sort_values('snapshot_date').iloc[0]
-        raise ValueError(f"{source}: {int(future.sum())} snapshot dates lie after today ({today.date()}); first: ticker "
-                         f"{first['ticker']!r} on {first['snapshot_date'].date()}. Future snapshots mean mis-dated input")
-
 # %% ../nbs/06_predict.ipynb #46f90951
 ID_COLUMNS = ['ticker', 'pattern_id', 'snapshot_date', 'start_date', 'label_end_date', 'outcome_class', 'sequence_dates']
 
@@ -83,11 +70,17 @@ def score_sequences(model, # network from `model_from_checkpoint`
                     scaler:dict, # the checkpoint's training statistics
                     batch_size:int=256, # sequences per forward pass
                     device:str='cpu', # torch device
-                   ) -> np.ndarray: # class probabilities (N, 6)
-    "Scale and score sequences batch by batch."
+                    source:str='the model', # the checkpoint, for messages
+                   ) -> np.ndarray: # class probabilities (N, 6), all finite
+    "Scale and score sequences batch by batch; refuse non-finite probabilities."
     parts = [predict_proba(model, apply_scaler(X[i:i + batch_size], mask[i:i + batch_size], scaler), mask[i:i + batch_size],
                            batch_size, device) for i in range(0, len(X), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
+    if not np.isfinite(probs).all():
+        rows = np.flatnonzero(~np.isfinite(probs).all(1))
+        raise ValueError(f"{source} gave non-finite probabilities (NaN or infinity) for {len(rows)} of {len(probs)} sequences "
+                         f"(rows {', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''}); nothing is written")
+    return probs
 
 def prediction_table(meta:pd.DataFrame, # identifying columns of the scored rows
                      probs:np.ndarray, # class probabilities (N, 6)
@@ -101,11 +94,6 @@ def prediction_table(meta:pd.DataFrame, # identifying columns of the scored rows
     for k, name in enumerate(PROB_COLUMNS): out[name] = np.asarray(probs, dtype=float)[:, k]
     return out
 
-def sequence_length_of(path, # sequences parquet
-                      ) -> int: # timesteps per sequence, from the file's schema
-    "Sequence length of a sequences file, read from its schema without reading rows."
-    return pq.read_schema(path).field('sequence').type.list_size
-
 def predict(model, # checkpoint path (`best.pt`)
             sequences, # sequences parquet
             output=None, # predictions parquet to write; None: only return the table
@@ -113,19 +101,28 @@ def predict(model, # checkpoint path (`best.pt`)
             batch_size:int=256, # sequences per forward pass
             device:str='cpu', # torch device
             today=None, # refuse snapshot dates after this; None: today
+            provenance_check:bool=True, # refuse sequences without the builder's provenance metadata
            ) -> pd.DataFrame: # the predictions
-    "The stage: check, score and signal every sequence; write `predictions.parquet` atomically."
+    "The stage: check, score and signal every sequence; write `predictions.parquet` atomically with its provenance."
     ckpt = load_checkpoint(model)
-    check_compatible(ckpt, read_metadata(sequences).get('features', []), sequence_length_of(sequences), str(sequences), model_size)
+    recorded = sequences_provenance(sequences, provenance_check)
     X, mask, meta = read_sequences(sequences)
+    features = recorded.get('features') or (list(ckpt['feature_names']) if X.shape[2] == len(ckpt['feature_names'])
+                                            else [f'column {i}' for i in range(X.shape[2])])
+    check_compatible(ckpt, features, X.shape[1], str(sequences), model_size)
+    check_finite(X, meta, str(sequences))
     check_dates(meta, str(sequences), today)
-    net = model_from_checkpoint(ckpt).to(device)
-    preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device))
+    net = model_from_checkpoint(ckpt, source=str(model)).to(device)
+    preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model)))
     if output is not None:
-        write_table(preds, output, {'stage': 'predict', 'version': k4_nbdev.__version__, 'model': str(model),
-                                    'model_fingerprint': fingerprint(model), 'model_config': ckpt['config'],
-                                    'split': ckpt.get('split'), 'sequences': str(sequences),
-                                    'sequences_fingerprint': fingerprint(sequences)})
+        inputs = {'sequences': {'path': str(sequences), 'fingerprint': fingerprint(sequences)},
+                  'model': {'path': str(model), 'fingerprint': fingerprint(model)}}
+        write_table(preds, output, {'stage': 'predict', 'version': k4_nbdev.__version__, 'input': inputs,
+                                    'model_trained_on': ckpt.get('input', {}).get('sequences'),
+                                    'provenance_checked': provenance_check,
+                                    'model': inputs['model']['path'], 'model_fingerprint': inputs['model']['fingerprint'],
+                                    'model_config': ckpt['config'], 'split': ckpt.get('split'),
+                                    'sequences': inputs['sequences']['path'], 'sequences_fingerprint': inputs['sequences']['fingerprint']})
     return preds
 
 # %% ../nbs/06_predict.ipynb #b450c50b
@@ -229,7 +226,8 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
     if parts:
         X, mask = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         meta = pd.concat([p[2] for p in parts], ignore_index=True)
-        preds = prediction_table(meta, score_sequences(model_from_checkpoint(ckpt).to(device), X, mask, ckpt['scaler'], batch_size, device))
+        net = model_from_checkpoint(ckpt, source=str(model)).to(device)
+        preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model)))
         table = meta.assign(close=[frames[t]['close'].iloc[-1] for t in meta['ticker']],
                             **{k: preds[k] for k in ['expected_value', 'signal', 'prob_k4', 'prob_k5', 'predicted_class']})
         table = table[SCAN_COLUMNS].sort_values(['expected_value', 'ticker'], ascending=[False, True], ignore_index=True)
@@ -238,50 +236,67 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
     return table
 
 # %% ../nbs/06_predict.ipynb #8757f9bb
-def predict_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
+@command('k4-predict')
+def predict_cli(model:str, # checkpoint written by k4-train (best.pt; never modified)
+                sequences:str, # sequences parquet written by k4-build-sequences (never modified)
+                output:str, # predictions parquet to write (not an input, not inside the OHLCV store of the sequences)
+                model_size:Literal[tuple(MODEL_SIZES)]=None, # must match the checkpoint (default: the checkpoint's)
+                batch_size:int=256, # sequences per forward pass, at least 1
+                device:str='cpu', # torch device, e.g. cpu or cuda
+                no_provenance_check:bool=False, # accept sequences without the builder's provenance metadata
                ):
     "Console script `k4-predict`: probabilities, expected values and signals of a sequences file."
-    p = argparse.ArgumentParser(prog='k4-predict', description=predict_cli.__doc__)
-    p.add_argument('--model', required=True, help='checkpoint written by k4-train (best.pt)')
-    p.add_argument('--sequences', required=True, help='sequences parquet written by k4-build-sequences')
-    p.add_argument('--output', required=True, help='predictions parquet to write')
-    p.add_argument('--model-size', choices=['small', 'base', 'large'], help="must match the checkpoint (default: the checkpoint's)")
-    p.add_argument('--batch-size', type=int, default=256, help='sequences per forward pass (default 256)')
-    p.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-    a = p.parse_args(argv)
-    try: preds = predict(a.model, a.sequences, a.output, a.model_size, a.batch_size, a.device)
-    except (ValueError, FileNotFoundError, KeyError) as e: sys.exit(f"k4-predict: {e}")
+    check_outputs({'--output': output}, {'--model': model, '--sequences': sequences})
+    check_flag(batch_size >= 1, '--batch-size', batch_size, 'at least 1')
+    check_device(device)
+    store = sequences_provenance(sequences, not no_provenance_check).get('input', {}).get('ohlcv')
+    check_outputs({'--output': output}, {'OHLCV store of --sequences': store})
+    preds = predict(model, sequences, output, model_size, batch_size, device, provenance_check=not no_provenance_check)
     print(prediction_summary(preds))
-    print(f"predictions: {a.output}")
+    print(f"predictions: {output}")
 
 def write_scan(table:pd.DataFrame, # from `scan`
                path, # .csv or .parquet
               ) -> Path: # the path written
-    "Write a scan table atomically as CSV or parquet, chosen by the suffix."
+    "Write a scan table atomically as CSV or parquet, chosen by the suffix; a parquet file records the as-of date."
     path = Path(path)
     if path.suffix.lower() not in ('.csv', '.parquet'):
         raise ValueError(f"scan output {path} must end in .csv or .parquet")
-    with atomic_write(path) as tmp:
-        if path.suffix.lower() == '.csv': table.to_csv(tmp, index=False)
-        else: table.to_parquet(tmp, index=False)
+    if path.suffix.lower() == '.parquet':
+        plain = table.copy(); plain.attrs = {}   # pandas would try to store the Timestamp attrs as JSON
+        return write_table(plain, path, {'stage': 'scan', 'version': k4_nbdev.__version__,
+                                         **{k: str(v) for k, v in table.attrs.items()}})
+    with atomic_write(path) as tmp: table.to_csv(tmp, index=False)
     return path
 
-def scan_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
+def parse_date(value:str, # a date such as 2024-03-28
+               flag:str, # the flag it came from, for messages
+              ) -> pd.Timestamp: # the date
+    "A flag's date value, or a one-line `UsageError` naming the flag."
+    try: day = pd.Timestamp(value)
+    except (ValueError, TypeError): day = pd.NaT
+    check_flag(day is not pd.NaT, flag, value, 'a date YYYY-MM-DD')
+    return day
+
+@command('k4-scan')
+def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one long parquet (never modified)
+             model:str, # checkpoint written by k4-train (best.pt; never modified)
+             as_of:str=None, # scan date YYYY-MM-DD (default: the store's last date)
+             output:str=None, # write the table to this .csv or .parquet file (not an input, not inside the store)
+             qualifying_days:int=10, # qualifying bars after the start bar, at least 1
+             batch_size:int=256, # sequences per forward pass, at least 1
+             device:str='cpu', # torch device, e.g. cpu or cuda
             ):
     "Console script `k4-scan`: rank the consolidations active on a date, using only data up to it."
-    p = argparse.ArgumentParser(prog='k4-scan', description=scan_cli.__doc__)
-    p.add_argument('--ohlcv', required=True, help='OHLCV store: a folder of TICKER.parquet/csv or one long parquet')
-    p.add_argument('--model', required=True, help='checkpoint written by k4-train (best.pt)')
-    p.add_argument('--as-of', help="scan date YYYY-MM-DD (default: the store's last date)")
-    p.add_argument('--output', help='write the table to this .csv or .parquet file')
-    p.add_argument('--qualifying-days', type=int, default=10, help='qualifying bars after the start bar (default 10)')
-    p.add_argument('--batch-size', type=int, default=256, help='sequences per forward pass (default 256)')
-    p.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-    a = p.parse_args(argv)
-    try:
-        table = scan(a.ohlcv, a.model, a.as_of, a.qualifying_days, a.batch_size, a.device)
-        if a.output: write_scan(table, a.output)
-    except (ValueError, FileNotFoundError, KeyError) as e: sys.exit(f"k4-scan: {e}")
+    check_outputs({'--output': output}, {'--ohlcv': ohlcv, '--model': model})
+    if output is not None:
+        check_flag(Path(output).suffix.lower() in ('.csv', '.parquet'), '--output', output, 'a .csv or .parquet file')
+    check_flag(qualifying_days >= 1, '--qualifying-days', qualifying_days, 'at least 1')
+    check_flag(batch_size >= 1, '--batch-size', batch_size, 'at least 1')
+    check_device(device)
+    day = None if as_of is None else parse_date(as_of, '--as-of')
+    table = scan(ohlcv, model, day, qualifying_days, batch_size, device)
+    if output: write_scan(table, output)
     print(f"{len(table)} active patterns among {table.attrs['n_tickers']} tickers trading on {table.attrs['as_of'].date()}")
     if len(table): print(table.to_string(index=False, float_format=lambda v: f'{v:.3f}'))
-    if a.output: print(f"written: {a.output}")
+    if output: print(f"written: {output}")

@@ -1,13 +1,19 @@
 "Prediction: EV and signal rules, refusals, the predictions file, the console scripts, and the live scan."
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from k4_nbdev.data import read_store
+from k4_nbdev.data import fingerprint, read_store
 from k4_nbdev.patterns import read_metadata
 from k4_nbdev.predict import (PROB_COLUMNS, SCAN_COLUMNS, assign_signals, check_dates, demo_run, predict,
-                              predict_cli, prediction_summary, prediction_table, scan, scan_cli)
+                              predict_cli, prediction_summary, prediction_table, scan, scan_cli, score_sequences)
+from k4_nbdev.sequences import FEATURES, read_sequences, sequence_table
 from k4_nbdev.train import expected_value, load_checkpoint
 
 
@@ -128,3 +134,154 @@ def test_scan_cli_writes_and_refuses_the_future(run, tmp_path, capsys):
         scan_cli(['--ohlcv', str(folder / 'ohlcv'), '--model', str(best), '--as-of', '2999-01-04'])
     with pytest.raises(SystemExit, match=r'\.csv or \.parquet'):
         scan_cli(['--ohlcv', str(folder / 'ohlcv'), '--model', str(best), '--output', str(tmp_path / 'scan.txt')])
+
+
+
+# --- k4-predict / k4-scan: one line naming the flag or file, exit status 1, inputs never modified -----------------
+
+def refused(cli, argv, capsys):
+    "Run a console script in-process; return (exit status it would have, its message or stderr)."
+    with pytest.raises(SystemExit) as e: cli(argv)
+    code = e.value.code
+    err = capsys.readouterr().err
+    return (1, code) if isinstance(code, str) else (code, err)
+
+
+def snapshot(folder):
+    "Fingerprint of every input of the run folder (the store, the sequences, the model)."
+    return {p: fingerprint(folder / p) for p in ['ohlcv', 'sequences.parquet', 'model/best.pt']}
+
+
+def _predict(folder, best, out, *extra):
+    return ['--model', str(best), '--sequences', str(folder / 'sequences.parquet'), '--output', str(out), *extra]
+
+
+@pytest.mark.parametrize('out,flag', [(lambda f: f / 'model' / 'best.pt', '--model'),
+                                      (lambda f: f / 'sequences.parquet', '--sequences'),
+                                      (lambda f: f / 'ohlcv' / 'preds.parquet', 'OHLCV store')])
+def test_predict_output_may_not_be_an_input(run, capsys, out, flag):
+    folder, best = run
+    before = snapshot(folder)
+    code, msg = refused(predict_cli, _predict(folder, best, out(folder)), capsys)
+    assert code == 1 and msg.startswith('k4-predict: --output') and flag in msg and '\n' not in msg
+    assert snapshot(folder) == before and not (folder / 'ohlcv' / 'preds.parquet').exists()
+
+
+@pytest.mark.parametrize('extra,flag,code', [(['--batch-size', '0'], '--batch-size', 1), (['--device', 'cuda:99'], '--device', 1),
+                                             (['--model-size', 'huge'], '--model-size', 2), (['--batch-size', 'x'], '--batch-size', 2)])
+def test_predict_flags_checked(run, tmp_path, capsys, extra, flag, code):
+    folder, best = run
+    before = snapshot(folder)
+    got, msg = refused(predict_cli, _predict(folder, best, tmp_path / 'p.parquet', *extra), capsys)
+    assert got == code and flag in msg and 'Traceback' not in msg
+    assert snapshot(folder) == before and not (tmp_path / 'p.parquet').exists()
+
+
+def _zero(best, p): p.write_bytes(b'')
+def _cut(best, p): p.write_bytes(best.read_bytes()[:4000])
+def _text(best, p): p.write_text('not a model')
+def _foreign(best, p): torch.save({'weights': torch.zeros(2)}, p)
+def _reshaped(best, p):
+    ck = load_checkpoint(best); ck['config']['model_size'] = 'base'; torch.save(ck, p)
+def _nan_weights(best, p):
+    ck = load_checkpoint(best)
+    ck['state_dict'] = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in ck['state_dict'].items()}
+    torch.save(ck, p)
+def _nan_scaler(best, p):
+    ck = load_checkpoint(best); ck['scaler']['mean'][0] = float('nan'); torch.save(ck, p)
+
+
+@pytest.mark.parametrize('make,why', [(_zero, 'empty'), (_cut, 'truncated'), (_text, 'not a torch file'),
+                                      (_foreign, 'not a k4_nbdev checkpoint'), (_reshaped, 'do not fit'),
+                                      (_nan_weights, 'NaN'), (_nan_scaler, 'scaler')])
+def test_bad_model_files_one_line(run, tmp_path, capsys, make, why):
+    folder, best = run
+    model = tmp_path / 'model.pt'
+    make(best, model)
+    before = snapshot(folder) | {'model': fingerprint(model)}
+    code, msg = refused(predict_cli, _predict(folder, model, tmp_path / 'p.parquet'), capsys)
+    assert code == 1 and str(model) in msg and why in msg and '\n' not in msg and 'weights_only' not in msg, msg
+    assert snapshot(folder) | {'model': fingerprint(model)} == before and not (tmp_path / 'p.parquet').exists()
+
+
+def rewritten(src, dst, change):
+    "A copy of a sequences file whose arrays `change` altered in place, keeping the builder's metadata."
+    X, mask, meta = read_sequences(src)
+    change(X, mask, meta)
+    pq.write_table(sequence_table(X, mask, meta).replace_schema_metadata(pq.read_schema(src).metadata), dst)
+    return dst
+
+
+def test_non_finite_sequences_stop_prediction(run, tmp_path, capsys):
+    folder, best = run
+    def poison(X, mask, meta): X[5, -1, FEATURES.index('ma_20')] = np.nan
+    bad = rewritten(folder / 'sequences.parquet', tmp_path / 'bad.parquet', poison)
+    before = fingerprint(bad)
+    code, msg = refused(predict_cli, ['--model', str(best), '--sequences', str(bad), '--output', str(tmp_path / 'p.parquet')], capsys)
+    assert code == 1 and str(bad) in msg and 'non-finite' in msg and '1 of' in msg and "'ma_20'" in msg
+    assert fingerprint(bad) == before and not (tmp_path / 'p.parquet').exists()
+
+
+def test_non_finite_probabilities_are_never_written():
+    class NaNModel(torch.nn.Module):
+        def forward(self, x, m): return torch.full((len(x), 6), float('nan'))
+    X = np.ones((3, 4, len(FEATURES)), np.float32); mask = np.ones((3, 4), bool)
+    scaler = {'mean': [0.0] * len(FEATURES), 'std': [1.0] * len(FEATURES), 'clip_sd': 10.0}
+    with pytest.raises(ValueError, match=r'm\.pt gave non-finite probabilities .* 3 of 3 sequences'):
+        score_sequences(NaNModel(), X, mask, scaler, source='m.pt')
+
+
+def test_sequences_without_provenance_refused_unless_asked(run, tmp_path, capsys):
+    folder, best = run
+    bare = tmp_path / 'bare.parquet'
+    pq.write_table(pq.read_table(folder / 'sequences.parquet').replace_schema_metadata({}), bare)
+    code, msg = refused(predict_cli, ['--model', str(best), '--sequences', str(bare), '--output', str(tmp_path / 'p.parquet')], capsys)
+    assert code == 1 and str(bare) in msg and '--no-provenance-check' in msg and not (tmp_path / 'p.parquet').exists()
+    predict_cli(['--model', str(best), '--sequences', str(bare), '--output', str(tmp_path / 'p.parquet'), '--no-provenance-check'])
+    assert read_metadata(tmp_path / 'p.parquet')['provenance_checked'] is False
+
+
+def test_predictions_record_both_inputs(run, tmp_path):
+    folder, best = run
+    out = tmp_path / 'p.parquet'
+    predict(best, folder / 'sequences.parquet', out)
+    meta = read_metadata(out)
+    assert meta['input'] == {'sequences': {'path': str(folder / 'sequences.parquet'), 'fingerprint': fingerprint(folder / 'sequences.parquet')},
+                             'model': {'path': str(best), 'fingerprint': fingerprint(best)}}
+    assert meta['model_trained_on']['fingerprint'] == fingerprint(folder / 'sequences.parquet')
+    assert meta['sequences_fingerprint'] == meta['input']['sequences']['fingerprint']      # the flat keys stay for their readers
+
+
+def _scan(folder, best, *extra): return ['--ohlcv', str(folder / 'ohlcv'), '--model', str(best), *extra]
+
+
+@pytest.mark.parametrize('extra,flag', [(lambda f, b: ['--output', str(b)], '--model'),
+                                        (lambda f, b: ['--output', str(f / 'ohlcv' / 'scan.csv')], '--ohlcv'),
+                                        (lambda f, b: ['--as-of', 'someday'], '--as-of'),
+                                        (lambda f, b: ['--as-of', '2020-13-45'], '--as-of'),
+                                        (lambda f, b: ['--batch-size', '0'], '--batch-size'),
+                                        (lambda f, b: ['--qualifying-days', '0'], '--qualifying-days'),
+                                        (lambda f, b: ['--device', 'cuda:99'], '--device')])
+def test_scan_flags_checked(run, capsys, extra, flag):
+    folder, best = run
+    before = snapshot(folder)
+    code, msg = refused(scan_cli, _scan(folder, best, *extra(folder, best)), capsys)
+    assert code == 1 and msg.startswith('k4-scan: ') and flag in msg and '\n' not in msg
+    assert snapshot(folder) == before
+
+
+def test_scan_writes_parquet(run, tmp_path, capsys):
+    folder, best = run
+    out = tmp_path / 'scan.parquet'
+    scan_cli(_scan(folder, best, '--output', str(out)))
+    back = pd.read_parquet(out)
+    assert list(back.columns) == SCAN_COLUMNS and read_metadata(out)['as_of'].startswith('20')
+
+
+def test_console_scripts_exit_status_and_no_traceback(run, tmp_path):
+    folder, best = run
+    bin_ = Path(sys.executable).parent
+    for argv, flag in [([str(bin_ / 'k4-predict')] + _predict(folder, best, best), '--output'),
+                       ([str(bin_ / 'k4-scan')] + _scan(folder, best, '--as-of', 'someday'), '--as-of')]:
+        r = subprocess.run(argv, capture_output=True, text=True)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr and r.stderr.strip().count('\n') == 0 and flag in r.stderr

@@ -1,16 +1,23 @@
 "Training: the purged split, training-only scaling, learning, resume, checkpoints, bad input."
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from k4_nbdev.sequences import FEATURES
+import pyarrow.parquet as pq
+
+from k4_nbdev.data import fingerprint
+from k4_nbdev.patterns import read_metadata
+from k4_nbdev.sequences import FEATURES, build_sequences, demo_inputs, read_sequences, sequence_table
 from k4_nbdev.train import (SplitError, purged_split, fit_scaler, apply_scaler, train, load_checkpoint,
                             model_from_checkpoint, predict_proba, classification_metrics, walk_forward_folds,
-                            average_precision)
+                            average_precision, train_cli)
 
 L, F = 12, len(FEATURES)
 
@@ -175,3 +182,191 @@ def test_average_precision_ties_and_weights():
     # weights per replicate: 0 drops a row, a common factor changes nothing
     assert average_precision(s, pos, [[1, 0, 1], [1, 1, 1], [2, 2, 2]]) == pytest.approx([1, (1 + 2 / 3) / 2, (1 + 2 / 3) / 2])
     assert math.isnan(average_precision(s, np.zeros(3, bool)))
+
+
+
+# --- k4-train: every user error is one line naming the flag or file; inputs are never modified -------------------
+
+@pytest.fixture(scope='module')
+def made(tmp_path_factory):
+    "A tiny sequences file (with the builder's provenance) and a finished one-epoch model folder trained on it."
+    folder = tmp_path_factory.mktemp('train_cli')
+    seqs = folder / 'sequences.parquet'
+    build_sequences(*demo_inputs(folder, 'tiny', 0), seqs, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train_cli(['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
+                   '--epochs', '1', '--batch-size', '64'])
+    return folder, seqs
+
+
+def refused(cli, argv, capsys):
+    "Run a console script in-process; return (exit status it would have, its stderr line)."
+    with pytest.raises(SystemExit) as e: cli(argv)
+    code = e.value.code
+    err = capsys.readouterr().err
+    return (1, code) if isinstance(code, str) else (code, err)
+
+
+def rewritten(src, dst, change):
+    "A copy of a sequences file whose arrays or metadata `change` altered in place (written without validation)."
+    X, mask, meta = read_sequences(src)
+    change(X, mask, meta)
+    pq.write_table(sequence_table(X, mask, meta).replace_schema_metadata(pq.read_schema(src).metadata), dst)
+    return dst
+
+
+def _zero(folder): p = folder / 'zero.pt'; p.write_bytes(b''); return p
+def _foreign(folder): p = folder / 'foreign.pt'; torch.save({'weights': torch.zeros(2)}, p); return p
+def _best(folder): return folder / 'model' / 'best.pt'
+
+
+@pytest.mark.parametrize('argv,flag', [
+    (['--epochs', '0'], '--epochs'), (['--epochs', '-1'], '--epochs'), (['--batch-size', '0'], '--batch-size'),
+    (['--patience', '0'], '--patience'), (['--learning-rate', '0'], '--learning-rate'),
+    (['--learning-rate', 'nan'], '--learning-rate'), (['--split-ratio', '1'], '--split-ratio'),
+    (['--split-ratio', '0'], '--split-ratio'), (['--k4-weight', '0'], '--k4-weight'),
+    (['--device', 'cuda:99'], '--device'), (['--device', 'toaster'], '--device')])
+def test_train_flags_checked_up_front(made, tmp_path, capsys, argv, flag):
+    folder, seqs = made
+    before = fingerprint(folder)
+    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(tmp_path / 'm')] + argv, capsys)
+    assert code == 1 and msg.startswith('k4-train: ') and flag in msg and '\n' not in msg and 'Traceback' not in msg
+    assert fingerprint(folder) == before and not (tmp_path / 'm').exists()
+
+
+@pytest.mark.parametrize('argv', [['--model-size', 'huge'], ['--backend', 'tpu'], ['--loss', 'hinge'], ['--epochs', 'many']])
+def test_train_choices_are_argparse_errors(made, tmp_path, capsys, argv):
+    folder, seqs = made
+    code, err = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(tmp_path / 'm')] + argv, capsys)
+    assert code == 2 and argv[0] in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('resume,why', [(lambda d: d / 'best.pt', 'not the last.pt'), (_zero, 'empty'),
+                                        (_foreign, 'not a k4_nbdev checkpoint'),
+                                        (lambda d: d.parent / 'last.pt', 'inside the output folder')])
+def test_resume_must_be_the_last_of_an_interrupted_run(made, capsys, resume, why):
+    folder, seqs = made
+    path = resume(folder / 'model')
+    before = fingerprint(folder)
+    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
+                                    '--epochs', '1', '--batch-size', '64', '--resume', str(path)], capsys)
+    assert code == 1 and '--resume' in msg and str(path) in msg and why in msg and 'weights_only' not in msg
+    assert fingerprint(folder) == before
+
+
+def test_resume_of_a_finished_run_refused(made, capsys):
+    folder, seqs = made
+    before = fingerprint(folder)
+    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
+                                    '--epochs', '1', '--batch-size', '64', '--resume', str(folder / 'model' / 'last.pt')], capsys)
+    assert code == 1 and 'already ended' in msg and fingerprint(folder) == before
+
+
+@pytest.mark.parametrize('out', [lambda f: f / 'sequences.parquet', lambda f: f / 'sequences.parquet' / 'm', lambda f: f])
+def test_output_dir_may_not_be_or_contain_the_sequences(made, capsys, out):
+    folder, seqs = made
+    before = fingerprint(folder)
+    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(out(folder)), '--epochs', '1'], capsys)
+    assert code == 1 and '--output-dir' in msg and '--sequences' in msg and fingerprint(folder) == before
+
+
+def _nan(X, mask, meta): X[3, -1, FEATURES.index('ma_20')] = np.nan
+def _inf(X, mask, meta): X[[1, 4], -2, FEATURES.index('current_volume')] = np.inf
+def _future(X, mask, meta): meta.loc[2, 'snapshot_date'] = pd.Timestamp('2200-01-05')
+
+
+@pytest.mark.parametrize('change,expect', [(_nan, ['1 of 97 sequences', "'ma_20'"]), (_inf, ['2 of 97 sequences', 'current_volume']),
+                                           (_future, ['after today', '2200-01-05'])])
+def test_bad_sequences_stop_training_naming_file_rows_columns(made, tmp_path, capsys, change, expect):
+    folder, seqs = made
+    bad = rewritten(seqs, tmp_path / 'bad.parquet', change)
+    before = fingerprint(bad)
+    code, msg = refused(train_cli, ['--sequences', str(bad), '--output-dir', str(tmp_path / 'm'), '--epochs', '1'], capsys)
+    assert code == 1 and str(bad) in msg and all(e in msg for e in expect), msg
+    assert fingerprint(bad) == before and not (tmp_path / 'm' / 'best.pt').exists()
+
+
+def test_sequences_without_provenance_refused_unless_asked(made, tmp_path, capsys):
+    folder, seqs = made
+    bare = tmp_path / 'bare.parquet'
+    pq.write_table(pq.read_table(seqs).replace_schema_metadata({}), bare)
+    before = fingerprint(bare)
+    code, msg = refused(train_cli, ['--sequences', str(bare), '--output-dir', str(tmp_path / 'm'), '--epochs', '1'], capsys)
+    assert code == 1 and str(bare) in msg and '--no-provenance-check' in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train_cli(['--sequences', str(bare), '--output-dir', str(tmp_path / 'm'), '--model-size', 'small', '--epochs', '1',
+                   '--batch-size', '64', '--no-provenance-check'])
+    assert load_checkpoint(tmp_path / 'm' / 'best.pt')['input']['sequences']['fingerprint'] == before == fingerprint(bare)
+
+
+def test_checkpoint_records_the_sequences_fingerprint(made):
+    folder, seqs = made
+    ck = load_checkpoint(folder / 'model' / 'best.pt')
+    assert ck['input']['sequences'] == {'path': str(seqs), 'fingerprint': fingerprint(seqs)}
+
+
+@pytest.mark.parametrize('argv', [['--patience', '0'], ['--epochs', '-1']])
+def test_no_stale_model_reported_as_the_new_result(made, capsys, argv):
+    "A folder holding an earlier best.pt: a run that would train nothing is refused and the old model is left alone."
+    folder, seqs = made
+    before = fingerprint(folder)
+    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model')] + argv, capsys)
+    assert code == 1 and argv[0] in msg and 'best epoch' not in capsys.readouterr().out
+    assert fingerprint(folder) == before
+
+
+def test_train_never_returns_a_checkpoint_of_another_run(tmp_path):
+    old, _ = tiny_train(tmp_path, epochs=1)
+    old_id = load_checkpoint(old['best'])['run_id']
+    new, _ = tiny_train(tmp_path, epochs=1, seed=2)
+    ck = load_checkpoint(new['best'])
+    assert ck['run_id'] != old_id and new['best_metrics'] == ck['metrics']
+    # the result is checked against the run's own id: a best.pt planted by another run is refused
+    # (constant validation classes: no epoch after the first can improve, so only epoch 1 writes best.pt)
+    flat = dict(epochs=3, y_val=np.zeros(16, int))
+    tiny_train(tmp_path / 'b', until_epoch=1, **flat)
+    (tmp_path / 'b' / 'best.pt').write_bytes(new['best'].read_bytes())
+    with pytest.raises(ValueError, match='not written by this run'):
+        tiny_train(tmp_path / 'b', resume=tmp_path / 'b' / 'last.pt', **flat)
+
+
+def test_training_with_zero_epochs_refused_in_the_library(tmp_path):
+    for kw, flag in [({'epochs': 0}, '--epochs'), ({'patience': 0}, '--patience'), ({'batch_size': 0}, '--batch-size')]:
+        with pytest.raises(ValueError, match=flag): tiny_train(tmp_path, **kw)
+    assert not (tmp_path / 'best.pt').exists()
+
+
+def _truncated(folder, best): p = folder / 'cut.pt'; p.write_bytes(best.read_bytes()[:3000]); return p
+def _text(folder, best): p = folder / 'text.pt'; p.write_text('hello'); return p
+def _nan_weights(folder, best):
+    ck = load_checkpoint(best); k = next(k for k, v in ck['state_dict'].items() if v.is_floating_point())
+    ck['state_dict'][k] = torch.full_like(ck['state_dict'][k], float('nan')); p = folder / 'nan.pt'; torch.save(ck, p); return p
+
+
+@pytest.mark.parametrize('make,why', [(lambda f, b: _zero(f), 'empty'), (_truncated, 'truncated'), (_text, 'not a torch file'),
+                                      (lambda f, b: _foreign(f), 'not a k4_nbdev checkpoint'), (_nan_weights, 'NaN')])
+def test_bad_checkpoint_files_one_line(made, tmp_path, make, why):
+    folder, _ = made
+    path = make(tmp_path, _best(folder))
+    with pytest.raises(ValueError) as e: load_checkpoint(path)
+    msg = str(e.value)
+    assert str(path) in msg and why in msg and '\n' not in msg and 'weights_only' not in msg
+
+
+def test_reshaped_weights_refused_naming_the_file(made):
+    folder, _ = made
+    ck = load_checkpoint(_best(folder))
+    ck['config']['model_size'] = 'base'
+    with pytest.raises(ValueError, match=r'x\.pt: its weights do not fit the .base. model'):
+        model_from_checkpoint(ck, source='x.pt')
+
+
+def test_console_script_exit_status_and_no_traceback(made, tmp_path):
+    folder, seqs = made
+    exe = Path(sys.executable).parent / 'k4-train'
+    r = subprocess.run([str(exe), '--sequences', str(seqs), '--output-dir', str(tmp_path / 'm'), '--patience', '0'],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and r.stderr.strip().count('\n') == 0
+    assert '--patience' in r.stderr
