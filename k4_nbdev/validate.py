@@ -15,22 +15,23 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'quality_ev', 'oracle_model', 'model_scores', 'quality_table', 'plot_confusion', 'plot_calibration',
            'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'model_quality', 'run_checks',
            'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'render_report', 'jsonable',
-           'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'validate', 'validate_cli']
+           'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'check_finite', 'check_provenance',
+           'validate', 'validate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
-import argparse
 import json
 import math
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import TRUTH_COLUMNS, TRUTH_FILE, atomic_write, episode_truth
+from .data import TRUTH_COLUMNS, TRUTH_FILE, atomic_write, check_flag, check_outputs, command, episode_truth, fingerprint
 from .loss import CLASS_NAMES, K4, STRATEGIC_VALUES
 from .patterns import read_metadata
 from .predict import PROB_COLUMNS, SIGNAL_COLORS, SIGNALS, demo_run, predict
@@ -795,6 +796,37 @@ def pq_metadata(path, # parquet file
     try: return read_metadata(path)
     except (KeyError, TypeError): return {}
 
+def check_finite(preds:pd.DataFrame, # predictions
+                 path, # their file, named in the error
+                ):
+    "Stop on NaN or infinite probabilities or expected values, naming the rows and columns."
+    columns = PROB_COLUMNS + ['expected_value']
+    bad = ~np.isfinite(preds[columns].to_numpy(dtype=float))
+    if not bad.any(): return
+    rows, cols = (sorted(set(ix.tolist())) for ix in np.nonzero(bad))
+    shown = ', '.join(map(str, rows[:5])) + (' ...' if len(rows) > 5 else '')
+    raise ValueError(f"{path} has {bad.sum()} non-finite values (NaN or infinite) in rows {shown} of the columns "
+                     f"{[columns[c] for c in cols]}: predict again with a sound model")
+
+def check_provenance(predictions, # predictions parquet (`06_predict`)
+                     recorded:dict, # its metadata (`pq_metadata`)
+                     given:dict, # 'sequences' / 'model' -> the file given for it (None: not given)
+                    ) -> str: # what was checked, for the report
+    "Check, by the fingerprints `06_predict` recorded, that the predictions were made from the files given."
+    made_from = recorded.get('input')
+    if not made_from:
+        raise ValueError(f"{predictions} records no provenance (the fingerprints of the sequences and model it was made "
+                         "from): make it with k4-predict, or pass --no-provenance-check to validate it unchecked")
+    checked = []
+    for kind, path in given.items():
+        if path is None: continue
+        source = made_from.get(kind) or {}
+        if source.get('fingerprint') != fingerprint(path):
+            raise ValueError(f"--predictions {predictions} was not made from --{kind} {path} (it was made from "
+                             f"{source.get('path', 'an unrecorded file')}): give the files it was made from, or predict again")
+        checked.append(f"{kind} {path}")
+    return f"checked: made from {' and '.join(checked)}" if checked else "nothing to check (no sequences or model given)"
+
 def validate(predictions, # predictions parquet (`06_predict`)
              output, # markdown report to write
              sequences=None, # sequences parquet, for the audit (test 6)
@@ -807,6 +839,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
              bar_fn=bar_features, # the bar-level feature function that built the sequences
              truth=None, # the synthetic market's answer key (`episodes.parquet`), for the oracle's ceiling; None: no ceiling
              n_boot:int=1000, # pattern-bootstrap replicates of the confidence intervals
+             provenance:bool=True, # check that the predictions were made from `sequences` and `model` (`check_provenance`)
             ) -> dict: # `run_checks` results plus the paths written
     "The stage: test, measure and report a predictions file."
     predictions = Path(predictions)
@@ -815,37 +848,49 @@ def validate(predictions, # predictions parquet (`06_predict`)
     missing = [c for c in ['ticker', 'pattern_id', 'snapshot_date', 'label_end_date', 'outcome_class', 'predicted_class',
                            'expected_value', 'signal'] + PROB_COLUMNS if c not in preds.columns]
     if missing: raise ValueError(f"{predictions} lacks the columns {missing}; it must be written by k4-predict")
-    episodes = read_truth(truth) if truth is not None else None
+    check_finite(preds, predictions)
     recorded = pq_metadata(predictions)
+    checked = (check_provenance(predictions, recorded, {'sequences': sequences, 'model': model}) if provenance else
+               "skipped (--no-provenance-check): the predictions may not come from the files named here")
+    episodes = read_truth(truth) if truth is not None else None
     split = load_checkpoint(model).get('split') if model is not None else recorded.get('split')
     results = run_checks(preds, split, sequences, ohlcv, scope, n_audit, seed, bar_fn, episodes, n_boot)
     results['inputs'] = {'Predictions': f"{predictions} ({len(preds):,} rows)",
                          'Model': str(model or recorded.get('model', 'unknown')),
+                         'Provenance': checked,
                          'Split date': (split or {}).get('split_date', 'unknown'),
                          'Answer key': f"{truth} ({len(episodes):,} episodes)" if truth is not None else 'none (no ceiling)'}
     return {**results, **write_report(results, output, metrics)}
 
+
 # %% ../nbs/07_validate.ipynb #45081e22
-def validate_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
+@command('k4-validate')
+def validate_cli(predictions:str, # predictions parquet written by k4-predict (never modified)
+                 output:str, # markdown report to write (figures go to REPORT_figures/ beside it)
+                 sequences:str=None, # sequences parquet the predictions came from (temporal audit, provenance)
+                 ohlcv:str=None, # OHLCV store the sequences were built from (temporal audit)
+                 model:str=None, # checkpoint the predictions came from, for the training split (default: the split recorded in the predictions)
+                 truth:str=None, # answer key of the synthetic market (episodes.parquet in the run folder): adds the oracle ceiling
+                 scope:Literal[SCOPES]='validation', # rows scored: the validation period or all labelled rows
+                 n_audit:int=50, # sequences the audit recomputes, at least 0
+                 n_boot:int=1000, # pattern-bootstrap replicates of the confidence intervals, at least 1
+                 seed:int=0, # seed of the audit sample and of the bootstrap, at least 0
+                 metrics:str=None, # metrics JSON to write (default: metrics.json next to the report)
+                 strict:bool=False, # exit with status 1 when a test fails
+                 no_provenance_check:bool=False, # validate predictions that record no provenance, or not the files given; the report says so
                 ):
-    "Console script `k4-validate`: temporal-integrity tests, metrics and figures of a predictions file."
-    p = argparse.ArgumentParser(prog='k4-validate', description=validate_cli.__doc__)
-    p.add_argument('--predictions', required=True, help='predictions parquet written by k4-predict')
-    p.add_argument('--output', required=True, help='markdown report to write (figures go to REPORT_figures/)')
-    p.add_argument('--sequences', help='sequences parquet the predictions came from (temporal audit)')
-    p.add_argument('--ohlcv', help='OHLCV store the sequences were built from (temporal audit)')
-    p.add_argument('--model', help='checkpoint, for the training split (default: the split recorded in the predictions)')
-    p.add_argument('--truth', help='answer key of the synthetic market (episodes.parquet in the run folder): adds the oracle ceiling')
-    p.add_argument('--scope', choices=SCOPES, default='validation', help='rows scored: the validation period (default) or all labelled rows')
-    p.add_argument('--n-audit', type=int, default=50, help='sequences the audit recomputes (default 50)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the audit sample (default 0)')
-    p.add_argument('--metrics', help='metrics JSON to write (default: metrics.json next to the report)')
-    p.add_argument('--strict', action='store_true', help='exit with status 1 when a test fails')
-    a = p.parse_args(argv)
-    try: res = validate(a.predictions, a.output, a.sequences, a.ohlcv, a.model, a.scope, a.n_audit, a.seed, a.metrics,
-                        truth=a.truth)
-    except (ValueError, FileNotFoundError, KeyError) as e: sys.exit(f"k4-validate: {e}")
+    "Temporal-integrity tests, metrics and figures of a predictions file."
+    check_flag(n_audit >= 0, '--n-audit', n_audit, 'at least 0')
+    check_flag(n_boot >= 1, '--n-boot', n_boot, 'at least 1')
+    check_flag(seed >= 0, '--seed', seed, 'at least 0')
+    report = Path(output)
+    check_outputs({'--output': output, '--metrics': metrics or report.parent / 'metrics.json',
+                   '--output (figures)': report.parent / f'{report.stem}_figures'},
+                  {'--predictions': predictions, '--sequences': sequences, '--ohlcv': ohlcv, '--model': model, '--truth': truth})
+    res = validate(predictions, output, sequences, ohlcv, model, scope, n_audit, seed, metrics, truth=truth, n_boot=n_boot,
+                   provenance=not no_provenance_check)
     for c in res['checks']: print(f"Test {c['test']}: {c['name']}: {c['status']}")
     print(res['verdict']['headline'].replace('**', ''))
     print(f"report: {res['report']}; metrics: {res['metrics']}")
-    if a.strict and not res['verdict']['passed']: sys.exit(1)
+    if strict and not res['verdict']['passed']: sys.exit(1)
+

@@ -1,9 +1,12 @@
 "The docs site built from a pipeline run, and the README generated from nbs/index.ipynb."
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from k4_nbdev.docs import build_docs, browse_site, check_site, chromium_path, render_readme, project_root
+from k4_nbdev.data import fingerprint
+from k4_nbdev.docs import build_docs, browse_site, check_site, chromium_path, docs_cli, render_readme, project_root
 
 
 def test_readme_is_current():
@@ -50,3 +53,30 @@ def test_browser_check_catches_a_broken_image(tiny_run, tmp_path):
     seen = browse_site(site).set_index('page')
     assert seen.loc['00_data.html', 'broken_images'] == 1 and 'nowhere.html' in seen.loc['00_data.html', 'broken_links']
     assert not seen.loc['00_data.html', 'ok'] and seen.drop(index='00_data.html')['ok'].all()
+
+
+def test_check_site_fails_a_run_whose_kernels_drew_nothing(tiny_run, tmp_path):
+    "As with MPLBACKEND=Agg in the kernels: the executed notebooks hold no figures, and the site must not pass."
+    blind = tmp_path / 'blind' / 'notebooks'
+    shutil.copytree(Path(tiny_run['run_dir']) / 'notebooks', blind)
+    nb = json.loads((blind / '00_data.ipynb').read_text())
+    for cell in nb['cells']:
+        cell['outputs'] = [o for o in cell.get('outputs', []) if not any(k.startswith('image/') for k in o.get('data', {}))]
+    (blind / '00_data.ipynb').write_text(json.dumps(nb))
+    site = build_docs(run_dir=blind.parent, out=tmp_path / 'site', renderer='smalldocs')
+    report = check_site(site, blind).set_index('page')
+    assert report.loc['00_data.html', 'figures'] == 1 and report.loc['00_data.html', 'figures_on_page'] == 0
+    assert not report.loc['00_data.html', 'ok'] and report.drop(index='00_data.html')['ok'].all()
+
+
+@pytest.mark.parametrize('where', ['the run', 'inside the run', 'holding the run'])
+def test_docs_never_replaces_its_inputs(tiny_run, tmp_path, where):
+    run = tmp_path / 'runs' / 'r'
+    shutil.copytree(Path(tiny_run['run_dir']) / 'notebooks', run / 'notebooks')
+    out = {'the run': run, 'inside the run': run / 'notebooks', 'holding the run': tmp_path}[where]
+    before = fingerprint(run), fingerprint(project_root() / 'nbs'), (project_root() / 'README.md').read_bytes()
+    with pytest.raises(SystemExit) as e:
+        docs_cli(['--run', str(run), '--out', str(out), '--renderer', 'smalldocs', '--browser', 'no'])
+    line = e.value.code
+    assert isinstance(line, str) and line.startswith(f'k4-docs: --out {out} ') and f'--run {run}' in line and '\n' not in line
+    assert (fingerprint(run), fingerprint(project_root() / 'nbs'), (project_root() / 'README.md').read_bytes()) == before

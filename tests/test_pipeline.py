@@ -1,7 +1,10 @@
-"The papermill pipeline: run folder, parameters reaching notebooks, failures naming the cell, resume."
+"The papermill pipeline: run folder, parameters reaching notebooks, failures naming the cell, resume, the run lock, flags."
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 from k4_nbdev.data import fingerprint, write_store, synthetic_market
-from k4_nbdev.pipeline import ARTIFACTS, STAGES, StageError, run_pipeline, stage_parameters
+from k4_nbdev.pipeline import ARTIFACTS, LOCK_FILE, STAGES, StageError, pipeline_cli, run_pipeline, stage_parameters
 from k4_nbdev.train import load_checkpoint
 
 
@@ -47,6 +50,7 @@ def test_failure_names_notebook_and_cell_then_resume(tmp_path):
     assert '00_data' in msg and 'cell' in msg and 'does not exist' in msg
     record = json.loads((tmp_path / 'broken' / 'run.json').read_text())
     assert record['stages']['00_data']['status'] == 'failed'
+    assert not (tmp_path / 'broken' / LOCK_FILE).exists()          # released on failure too
     write_store(synthetic_market(3, 300, seed=0), store)
     done = run_pipeline('broken', tmp_path, params={'data_source': str(store)}, stages=['00_data'], resume=True,
                         verbose=False)
@@ -60,7 +64,10 @@ def test_cli_reports_failure(tmp_path):
     exe = Path(sys.executable).parent / 'k4-pipeline'
     r = subprocess.run([str(exe), '--name', 'x', '--runs-root', str(tmp_path), '--data-source', str(tmp_path / 'nope')],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and '00_data' in r.stderr and '--resume' in r.stderr
+    assert r.returncode == 1 and '00_data' in r.stderr and 'Traceback' not in r.stderr
+    hint = r.stderr.strip().splitlines()[-1]
+    assert hint == (f"Fix the cause, then continue with: k4-pipeline --name x --runs-root {tmp_path} "
+                    f"--data-source {tmp_path / 'nope'} --resume")
     r = subprocess.run([str(exe), '--scale', 'huge'], capture_output=True, text=True)
     assert r.returncode == 2 and 'huge' in r.stderr
 
@@ -77,3 +84,110 @@ def test_same_seed_same_results(tiny_run, tmp_path):
     pd.testing.assert_frame_equal(a, b, rtol=1e-6)
     w1, w2 = (load_checkpoint(d / 'model' / 'best.pt')['state_dict'] for d in (first, second))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+EXE = Path(sys.executable).parent / 'k4-pipeline'
+
+
+# --- a run with MPLBACKEND=Agg, seed 1, through the console script; reused by the tests below --------------------------
+@pytest.fixture(scope='module')
+def agg_run(tmp_path_factory):
+    "A tiny run with seed 1 under MPLBACKEND=Agg (as on a headless server), made by the console script."
+    root = tmp_path_factory.mktemp('agg')
+    r = subprocess.run([str(EXE), '--name', 'agg', '--runs-root', str(root), '--scale', 'tiny', '--seed', '1'],
+                       capture_output=True, text=True, env={**os.environ, 'MPLBACKEND': 'Agg'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / 'agg'
+
+
+def images(nb_path):
+    "Image outputs stored in an executed notebook."
+    nb = json.loads(Path(nb_path).read_text())
+    return sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb['cells'] for o in c.get('outputs', []))
+
+
+def test_figures_survive_mplbackend_agg(agg_run):
+    for stage in ['00_data', '01_patterns', '02_sequences', '05_train', '06_predict', '07_validate']:
+        assert images(agg_run / 'notebooks' / f'{stage}.ipynb') >= 1, stage
+    record = json.loads((agg_run / 'run.json').read_text())
+    assert record['params']['seed'] == 1 and all(v['status'] == 'done' for v in record['stages'].values())
+    assert not (agg_run / LOCK_FILE).exists()                    # released on success
+
+
+@pytest.mark.parametrize('damage', ['deleted', 'changed'])
+def test_resume_runs_again_a_stage_whose_artifact_is_gone_or_changed(agg_run, damage, capsys):
+    snapshots = agg_run / 'snapshots.parquet'
+    recorded = json.loads((agg_run / 'run.json').read_text())['fingerprints']['snapshots.parquet']
+    if damage == 'deleted': snapshots.unlink()
+    else: snapshots.write_bytes(b'not the snapshots the stage wrote')
+    record = run_pipeline('agg', agg_run.parent, params={'scale': 'tiny', 'data_source': 'synthetic', 'seed': 1},
+                          stages=['00_data', '01_patterns'], resume=True)
+    out = capsys.readouterr().out
+    assert '00_data: done earlier, skipped (resume)' in out
+    why = 'is missing' if damage == 'deleted' else 'changed since it was written'
+    assert f'01_patterns: its artifact snapshots.parquet {why}: running it again' in out
+    assert fingerprint(snapshots) == recorded == record['fingerprints']['snapshots.parquet']   # the same seed rebuilt it
+    assert '02_sequences' not in record['stages']                  # built from the old snapshots: no longer "done"
+
+
+def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    first = subprocess.Popen([str(EXE), '--name', 'busy', '--runs-root', str(tmp_path), '--scale', 'tiny'],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    lock = tmp_path / 'busy' / LOCK_FILE
+    try:
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            assert time.time() < deadline and first.poll() is None, 'the first run never took its lock'
+            time.sleep(0.2)
+        second = subprocess.run([str(EXE), '--name', 'busy', '--runs-root', str(tmp_path), '--scale', 'tiny'],
+                                capture_output=True, text=True)
+        assert second.returncode == 1 and 'Traceback' not in second.stderr, second.stderr
+        assert second.stderr.strip() == (f"k4-pipeline: run folder {tmp_path / 'busy'} is in use by a live run (process "
+                                         f"{first.pid}, lock {lock}): wait for it to end, or choose another --name")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)                       # the first run dies without cleaning up
+        first.wait()
+    assert lock.read_text().strip() == str(first.pid)             # ...leaving its lock file behind
+    record = run_pipeline('busy', tmp_path, params={'scale': 'tiny'}, stages=['00_data'], verbose=False)
+    assert record['stages']['00_data']['status'] == 'done' and not lock.exists()
+
+
+def cli_error(argv, capsys):
+    "Run k4-pipeline expecting a one-line user error before any stage; return the line."
+    with pytest.raises(SystemExit) as e: pipeline_cli([str(a) for a in argv])
+    assert isinstance(e.value.code, str) and e.value.code.startswith('k4-pipeline: ') and '\n' not in e.value.code
+    assert '[1/' not in capsys.readouterr().out                    # no stage started
+    return e.value.code
+
+
+def test_unknown_parameter_is_an_error_listing_the_stages_parameters(tmp_path, capsys):
+    line = cli_error(['--name', 'x', '--runs-root', tmp_path, '-p', 'epoch', '3'], capsys)
+    assert "'epoch' (-p epoch)" in line and '05_train: ' in line and 'epochs' in line and 'calibration_tables' in line
+    assert not (tmp_path / 'x').exists()
+    line = cli_error(['--name', 'x', '--runs-root', tmp_path, '-p', 'epochs'], capsys)
+    assert '-p takes NAME VALUE pairs' in line
+
+
+@pytest.mark.parametrize('name', ['../escaped', 'a/b', '/tmp/k4-absolute', '..', '.'])
+def test_run_names_cannot_escape_the_runs_root(tmp_path, capsys, name):
+    root = tmp_path / 'runs'
+    line = cli_error(['--name', name, '--runs-root', root, '--scale', 'tiny'], capsys)
+    assert line.startswith(f'k4-pipeline: --name must be a plain folder name') and repr(name) in line
+    assert not root.exists() and not (tmp_path / 'escaped').exists()
+
+
+@pytest.mark.parametrize('flag,value', [('--split-ratio', '1.5'), ('--split-ratio', '0'), ('--epochs', '0'),
+                                        ('--batch-size', '0'), ('--seed', '-1')])
+def test_bad_flag_values_are_refused_before_the_first_stage(tmp_path, capsys, flag, value):
+    line = cli_error(['--name', 'x', '--runs-root', tmp_path, '--scale', 'tiny', flag, value], capsys)
+    assert line.startswith(f'k4-pipeline: {flag} must be ') and value in line
+    assert not (tmp_path / 'x').exists()
+
+
+def test_the_run_folder_may_not_be_the_data_source(tmp_path, capsys):
+    store = tmp_path / 'x'
+    write_store(synthetic_market(2, 300, seed=0), store)
+    before = fingerprint(store)
+    line = cli_error(['--name', 'x', '--runs-root', tmp_path, '--data-source', store], capsys)
+    assert f'--data-source {store}' in line and 'overwrite' in line
+    assert fingerprint(store) == before

@@ -2,6 +2,7 @@
 pattern-bootstrap intervals, the oracle's ceiling, the report and CLI."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from k4_nbdev.data import read_store
-from k4_nbdev.patterns import write_table
+from k4_nbdev.data import fingerprint, read_store
+from k4_nbdev.patterns import read_metadata, write_table
 from k4_nbdev.predict import PROB_COLUMNS, assign_signals, demo_run, predict
 from k4_nbdev.sequences import bar_features, market_sequences, read_sequences
 from k4_nbdev.train import classification_metrics, expected_value
@@ -231,7 +232,7 @@ def test_validate_cli_strict_and_bad_input(run, tmp_path):
     folder, best = run
     preds = pd.read_parquet(folder / 'predictions.parquet')
     preds.at[0, 'sequence_dates'] = preds.at[0, 'sequence_dates'] + np.timedelta64(400, 'D')
-    write_table(preds, tmp_path / 'leaky.parquet', {'stage': 'test'})
+    write_table(preds, tmp_path / 'leaky.parquet', read_metadata(folder / 'predictions.parquet'))
     with pytest.raises(SystemExit) as e:
         validate_cli(['--predictions', str(tmp_path / 'leaky.parquet'), '--output', str(tmp_path / 'r.md'),
                       '--model', str(best), '--strict'])
@@ -380,13 +381,13 @@ def test_validate_with_an_answer_key_reports_the_ceiling(tmp_path):
     preds = toy(episode_classes())
     write_table(preds, tmp_path / 'p.parquet', {'stage': 'test', 'split': {'split_date': '2021-05-24'}})
     EPISODES.to_parquet(tmp_path / 'episodes.parquet')
-    res = validate(tmp_path / 'p.parquet', tmp_path / 'r.md', truth=tmp_path / 'episodes.parquet', n_boot=50)
+    res = validate(tmp_path / 'p.parquet', tmp_path / 'r.md', truth=tmp_path / 'episodes.parquet', n_boot=50, provenance=False)
     text = (tmp_path / 'r.md').read_text()
     assert '## Ceiling and confidence' in text and ORACLE in text and 'of ceiling' in text
     assert 'labels ending before the split date 2021-05-24' in text
     q = json.loads((tmp_path / 'metrics.json').read_text())['quality']
     assert q['index'] == ['MambaAttention', ORACLE] and 'k4_pr_auc_share' in q['columns'] and q['n_boot'] == 50
-    validate(tmp_path / 'p.parquet', tmp_path / 'plain.md', metrics=tmp_path / 'plain.json', n_boot=10)
+    validate(tmp_path / 'p.parquet', tmp_path / 'plain.md', metrics=tmp_path / 'plain.json', n_boot=10, provenance=False)
     assert 'No answer key was given' in (tmp_path / 'plain.md').read_text()
     assert json.loads((tmp_path / 'plain.json').read_text())['quality']['index'] == ['MambaAttention']
 
@@ -400,8 +401,99 @@ def test_bad_answer_key_is_one_error_line(tmp_path):
     for name, says in [('missing.parquet', 'does not exist'), ('text.parquet', 'not a readable parquet'),
                        ('no_quality.parquet', "lacks the columns ['quality']"), ('string_dates.parquet', 'must hold dates')]:
         r = subprocess.run([str(exe), '--predictions', str(tmp_path / 'p.parquet'), '--output', str(tmp_path / 'r.md'),
-                            '--truth', str(tmp_path / name)], capture_output=True, text=True)
+                            '--truth', str(tmp_path / name), '--no-provenance-check'], capture_output=True, text=True)
         assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith('k4-validate: answer key') and says in lines[0], r.stderr
+    assert not (tmp_path / 'r.md').exists()
+
+
+# --- nothing lost, nothing silently wrong -----------------------------------------------------------------
+@pytest.fixture(scope='module')
+def inputs(run, tmp_path_factory):
+    "Every input k4-validate reads, given: the run's predictions, sequences, store and model, and an answer key."
+    folder, best = run
+    truth = tmp_path_factory.mktemp('truth') / 'episodes.parquet'
+    EPISODES.to_parquet(truth)
+    return {'--predictions': folder / 'predictions.parquet', '--sequences': folder / 'sequences.parquet',
+            '--ohlcv': folder / 'ohlcv', '--model': best, '--truth': truth}
+
+
+def refused(argv, inputs):
+    "Run k4-validate expecting a one-line user error; return the line, after checking that no input changed."
+    before = {flag: fingerprint(path) for flag, path in inputs.items()}
+    with pytest.raises(SystemExit) as e: validate_cli([str(a) for a in argv])
+    assert isinstance(e.value.code, str) and e.value.code.startswith('k4-validate: ') and '\n' not in e.value.code
+    assert {flag: fingerprint(path) for flag, path in inputs.items()} == before
+    return e.value.code
+
+
+@pytest.mark.parametrize('out_flag,in_flag', [('--output', '--predictions'), ('--output', '--sequences'), ('--output', '--ohlcv'),
+                                              ('--output', '--model'), ('--output', '--truth'), ('--metrics', '--predictions'),
+                                              ('--metrics', '--model')])
+def test_validate_never_writes_over_an_input(inputs, tmp_path, out_flag, in_flag):
+    target = inputs[in_flag] / 'report.md' if inputs[in_flag].is_dir() else inputs[in_flag]   # a folder: write inside it
+    given = {'--output': tmp_path / 'r.md', **{f: p for f, p in inputs.items()}, out_flag: target}
+    line = refused([x for kv in given.items() for x in kv] + ['--no-provenance-check'], inputs)
+    assert out_flag in line and in_flag in line and str(inputs[in_flag]) in line and 'overwrite' in line
+
+
+def test_validate_figures_folder_may_not_be_an_input(inputs, tmp_path):
+    store = tmp_path / 'r_figures'                     # a store named like the report's figures folder
+    shutil.copytree(inputs['--ohlcv'], store)
+    line = refused(['--predictions', inputs['--predictions'], '--ohlcv', store, '--output', tmp_path / 'r.md',
+                    '--no-provenance-check'], {**inputs, 'store': store})
+    assert '--output (figures)' in line and f'--ohlcv {store}' in line
+
+
+@pytest.mark.parametrize('flag', ['--sequences', '--model'])
+def test_validate_refuses_predictions_made_from_other_files(inputs, tmp_path, flag):
+    other = tmp_path / inputs[flag].name
+    other.write_bytes(inputs[flag].read_bytes() + b'\0')          # same name, other content: another run's file
+    line = refused(['--predictions', inputs['--predictions'], '--output', tmp_path / 'r.md', flag, other], inputs)
+    assert f"--predictions {inputs['--predictions']} was not made from {flag} {other}" in line
+    assert str(inputs[flag]) in line                                # ...and names the file it was made from
+    assert not (tmp_path / 'r.md').exists()
+
+
+def test_validate_provenance_in_a_subprocess_is_one_line(inputs, tmp_path):
+    exe = Path(sys.executable).parent / 'k4-validate'
+    r = subprocess.run([str(exe), '--predictions', str(inputs['--predictions']), '--output', str(tmp_path / 'r.md'),
+                        '--sequences', str(inputs['--predictions'])], capture_output=True, text=True)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'was not made from --sequences' in r.stderr
+
+
+def test_validate_refuses_predictions_without_provenance_unless_told(inputs, tmp_path):
+    bare = tmp_path / 'bare.parquet'
+    write_table(pd.read_parquet(inputs['--predictions']), bare, {'stage': 'hand-made'})
+    line = refused(['--predictions', bare, '--output', tmp_path / 'r.md', '--model', inputs['--model']], {**inputs, 'bare': bare})
+    assert str(bare) in line and 'no provenance' in line and '--no-provenance-check' in line
+    validate_cli(['--predictions', str(bare), '--output', str(tmp_path / 'r.md'), '--model', str(inputs['--model']),
+                  '--n-boot', '10', '--no-provenance-check'])
+    assert '- Provenance: skipped (--no-provenance-check)' in (tmp_path / 'r.md').read_text()
+
+
+def test_validate_records_the_provenance_it_checked(inputs, tmp_path):
+    validate_cli(['--predictions', str(inputs['--predictions']), '--output', str(tmp_path / 'r.md'), '--sequences',
+                  str(inputs['--sequences']), '--model', str(inputs['--model']), '--n-audit', '2', '--n-boot', '10'])
+    assert f"- Provenance: checked: made from sequences {inputs['--sequences']} and model {inputs['--model']}" in (tmp_path / 'r.md').read_text()
+
+
+@pytest.mark.parametrize('value', [np.nan, np.inf])
+def test_validate_stops_on_non_finite_probabilities(inputs, tmp_path, value):
+    preds = pd.read_parquet(inputs['--predictions'])
+    preds.loc[3, 'prob_k4'] = value
+    bad = tmp_path / 'bad.parquet'
+    write_table(preds, bad, read_metadata(inputs['--predictions']))
+    line = refused(['--predictions', bad, '--output', tmp_path / 'r.md'], {**inputs, 'bad': bad})
+    assert str(bad) in line and 'rows 3 ' in line and "'prob_k4'" in line and 'non-finite' in line
+    assert not (tmp_path / 'r.md').exists()
+
+
+@pytest.mark.parametrize('flag,value,need', [('--n-audit', '-1', 'at least 0'), ('--n-boot', '0', 'at least 1'),
+                                             ('--seed', '-2', 'at least 0')])
+def test_validate_checks_numeric_flags_first(inputs, tmp_path, flag, value, need):
+    line = refused(['--predictions', inputs['--predictions'], '--output', tmp_path / 'r.md', flag, value], inputs)
+    assert line == f"k4-validate: {flag} must be {need}, got {int(value)}"
     assert not (tmp_path / 'r.md').exists()
