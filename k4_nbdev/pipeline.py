@@ -32,6 +32,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 import k4_nbdev
 from .data import SCALES, UsageError, atomic_write, check_flag, check_outputs, command, fingerprint
+from .model import BACKENDS, MODEL_SIZES
 
 # %% ../nbs/08_pipeline.ipynb #b90dfd41
 STAGES = ['00_data', '01_patterns', '02_sequences', '03_model', '04_loss', '05_train', '06_predict', '07_validate', 'index']
@@ -286,8 +287,8 @@ def run_cli(name:str='quick', # run name: the folder under --runs-root (a plain 
             seed:int=0, # random seed of every stage, at least 0
             runs_root:str='runs', # parent folder of runs
             resume:bool=False, # continue a run: skip the stages whose outputs are intact, run the others and all after them
-            model_size:Literal['small', 'base', 'large']=None, # MambaAttention preset (default: the notebook's, small)
-            backend:Literal['auto', 'torch', 'cuda', 'lstm']=None, # sequence-layer backend (default auto)
+            model_size:Literal[tuple(MODEL_SIZES)]=None, # MambaAttention preset (default: the notebook's, small)
+            backend:Literal[BACKENDS]=None, # sequence-layer backend (default auto)
             epochs:int=None, # training epochs, at least 1 (default: the notebook's)
             batch_size:int=None, # training batch size, at least 1 (default 64)
             split_ratio:float=None, # date quantile of the train/validation split, between 0 and 1 (default 0.8)
