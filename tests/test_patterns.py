@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
+from cli_exit import exit_of
 
 from k4_nbdev.data import OHLCVError, MarketParams, synthetic_market, write_store, fingerprint
 from k4_nbdev.patterns import (CALIBRATION_TARGETS, LABEL_COLUMNS, bench_calibration, SNAPSHOT_COLUMNS, adx, bollinger_width, find_patterns, indicators,
@@ -384,13 +385,6 @@ def test_flat_bars_flow_through_patterns_and_sequences(tmp_path):
 
 # ---------------------------------------------------------------- the console script refuses, in one line, touching nothing
 
-def run_cli(main, argv):
-    "(exit status, message) of a console script run in this process; a string exit code is status 1."
-    try: main(argv)
-    except SystemExit as e: return (1, e.code) if isinstance(e.code, str) else (e.code, '')
-    return 0, ''
-
-
 @pytest.fixture(scope='module')
 def stores(tmp_path_factory):
     "A folder store and a long-parquet store of two tickers."
@@ -412,7 +406,7 @@ def stores(tmp_path_factory):
 def test_cli_refuses_an_output_that_is_an_input(tmp_path, stores, layout, flags, named):
     store = stores[layout]
     before = fingerprint(store)
-    rc, message = run_cli(patterns_cli, ['--ohlcv', str(store), '--workers', '1', *flags(store, tmp_path)])
+    rc, message = exit_of(patterns_cli, ['--ohlcv', str(store), '--workers', '1', *flags(store, tmp_path)])
     assert rc == 1 and message.startswith('k4-patterns: ') and named in message and '\n' not in message
     assert fingerprint(store) == before and list(tmp_path.iterdir()) == []
 
@@ -421,7 +415,7 @@ def test_cli_refuses_an_output_that_is_an_input(tmp_path, stores, layout, flags,
                                          ('--workers', '0'), ('--tickers', 'SYN0000,NOPE'), ('--tickers', ',')])
 def test_cli_bad_flags_exit_1_naming_the_flag(tmp_path, stores, flag, value):
     before = fingerprint(stores['folder'])
-    rc, message = run_cli(patterns_cli, ['--ohlcv', str(stores['folder']), '--output', str(tmp_path / 's.parquet'), flag, value])
+    rc, message = exit_of(patterns_cli, ['--ohlcv', str(stores['folder']), '--output', str(tmp_path / 's.parquet'), flag, value])
     assert rc == 1 and message.startswith('k4-patterns: ') and flag in message and '\n' not in message
     if value == 'SYN0000,NOPE': assert 'NOPE' in message and 'SYN0000' not in message.split(':')[1]
     assert fingerprint(stores['folder']) == before and list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from cli_exit import exit_of
 import torch
 
 from k4_nbdev.data import fingerprint, read_store
@@ -139,14 +140,6 @@ def test_scan_cli_writes_and_refuses_the_future(run, tmp_path, capsys):
 
 # --- k4-predict / k4-scan: one line naming the flag or file, exit status 1, inputs never modified -----------------
 
-def refused(cli, argv, capsys):
-    "Run a console script in-process; return (exit status it would have, its message or stderr)."
-    with pytest.raises(SystemExit) as e: cli(argv)
-    code = e.value.code
-    err = capsys.readouterr().err
-    return (1, code) if isinstance(code, str) else (code, err)
-
-
 def snapshot(folder):
     "Fingerprint of every input of the run folder (the store, the sequences, the model)."
     return {p: fingerprint(folder / p) for p in ['ohlcv', 'sequences.parquet', 'model/best.pt']}
@@ -162,7 +155,7 @@ def _predict(folder, best, out, *extra):
 def test_predict_output_may_not_be_an_input(run, capsys, out, flag):
     folder, best = run
     before = snapshot(folder)
-    code, msg = refused(predict_cli, _predict(folder, best, out(folder)), capsys)
+    code, msg = exit_of(predict_cli, _predict(folder, best, out(folder)), capsys)
     assert code == 1 and msg.startswith('k4-predict: --output') and flag in msg and '\n' not in msg
     assert snapshot(folder) == before and not (folder / 'ohlcv' / 'preds.parquet').exists()
 
@@ -172,7 +165,7 @@ def test_predict_output_may_not_be_an_input(run, capsys, out, flag):
 def test_predict_flags_checked(run, tmp_path, capsys, extra, flag, code):
     folder, best = run
     before = snapshot(folder)
-    got, msg = refused(predict_cli, _predict(folder, best, tmp_path / 'p.parquet', *extra), capsys)
+    got, msg = exit_of(predict_cli, _predict(folder, best, tmp_path / 'p.parquet', *extra), capsys)
     assert got == code and flag in msg and 'Traceback' not in msg
     assert snapshot(folder) == before and not (tmp_path / 'p.parquet').exists()
 
@@ -199,7 +192,7 @@ def test_bad_model_files_one_line(run, tmp_path, capsys, make, why):
     model = tmp_path / 'model.pt'
     make(best, model)
     before = snapshot(folder) | {'model': fingerprint(model)}
-    code, msg = refused(predict_cli, _predict(folder, model, tmp_path / 'p.parquet'), capsys)
+    code, msg = exit_of(predict_cli, _predict(folder, model, tmp_path / 'p.parquet'), capsys)
     assert code == 1 and str(model) in msg and why in msg and '\n' not in msg and 'weights_only' not in msg, msg
     assert snapshot(folder) | {'model': fingerprint(model)} == before and not (tmp_path / 'p.parquet').exists()
 
@@ -217,7 +210,7 @@ def test_non_finite_sequences_stop_prediction(run, tmp_path, capsys):
     def poison(X, mask, meta): X[5, -1, FEATURES.index('ma_20')] = np.nan
     bad = rewritten(folder / 'sequences.parquet', tmp_path / 'bad.parquet', poison)
     before = fingerprint(bad)
-    code, msg = refused(predict_cli, ['--model', str(best), '--sequences', str(bad), '--output', str(tmp_path / 'p.parquet')], capsys)
+    code, msg = exit_of(predict_cli, ['--model', str(best), '--sequences', str(bad), '--output', str(tmp_path / 'p.parquet')], capsys)
     assert code == 1 and str(bad) in msg and 'non-finite' in msg and '1 of' in msg and "'ma_20'" in msg
     assert fingerprint(bad) == before and not (tmp_path / 'p.parquet').exists()
 
@@ -235,7 +228,7 @@ def test_sequences_without_provenance_refused_unless_asked(run, tmp_path, capsys
     folder, best = run
     bare = tmp_path / 'bare.parquet'
     pq.write_table(pq.read_table(folder / 'sequences.parquet').replace_schema_metadata({}), bare)
-    code, msg = refused(predict_cli, ['--model', str(best), '--sequences', str(bare), '--output', str(tmp_path / 'p.parquet')], capsys)
+    code, msg = exit_of(predict_cli, ['--model', str(best), '--sequences', str(bare), '--output', str(tmp_path / 'p.parquet')], capsys)
     assert code == 1 and str(bare) in msg and '--no-provenance-check' in msg and not (tmp_path / 'p.parquet').exists()
     predict_cli(['--model', str(best), '--sequences', str(bare), '--output', str(tmp_path / 'p.parquet'), '--no-provenance-check'])
     assert read_metadata(tmp_path / 'p.parquet')['provenance_checked'] is False
@@ -265,7 +258,7 @@ def _scan(folder, best, *extra): return ['--ohlcv', str(folder / 'ohlcv'), '--mo
 def test_scan_flags_checked(run, capsys, extra, flag):
     folder, best = run
     before = snapshot(folder)
-    code, msg = refused(scan_cli, _scan(folder, best, *extra(folder, best)), capsys)
+    code, msg = exit_of(scan_cli, _scan(folder, best, *extra(folder, best)), capsys)
     assert code == 1 and msg.startswith('k4-scan: ') and flag in msg and '\n' not in msg
     assert snapshot(folder) == before
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
+from cli_exit import exit_of
 
 from k4_nbdev.data import SCALES, fingerprint, synthetic_market, write_store
 from k4_nbdev.patterns import indicators, market_snapshots, read_metadata, write_table
@@ -252,13 +253,6 @@ def test_cli_defaults_to_the_run_folder_store(tmp_path, capsys):
 
 # --- the console script refuses, in one line, touching nothing -------------------------------------------
 
-def run_cli(argv):
-    "(exit status, message) of `k4-build-sequences` run in this process; a string exit code is status 1."
-    try: build_sequences_cli(argv)
-    except SystemExit as e: return (1, e.code) if isinstance(e.code, str) else (e.code, '')
-    return 0, ''
-
-
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
     "Self-consistent tiny inputs (snapshots + folder store), a long-parquet store, and the snapshots stripped of provenance."
@@ -276,7 +270,7 @@ def input_hashes(demo): return {k: fingerprint(p) for k, p in demo.items()}
 def refused(demo, tmp_path, argv, *named):
     "Assert a one-line exit-1 refusal that names `named`, with every input unchanged and nothing written."
     before = input_hashes(demo)
-    rc, message = run_cli([str(a) for a in argv])
+    rc, message = exit_of(build_sequences_cli, [str(a) for a in argv])
     assert rc == 1 and message.startswith('k4-build-sequences: ') and '\n' not in message, message
     assert all(str(n) in message for n in named), message
     assert input_hashes(demo) == before and list(tmp_path.iterdir()) == []
@@ -310,11 +304,11 @@ def test_cli_refuses_stripped_provenance_unless_told(demo, tmp_path):
     refused(demo, tmp_path, ['--input', demo['stripped'], '--ohlcv', demo['store'], '--output', out],
             demo['stripped'], demo['store'], '--no-provenance-check')
     before = input_hashes(demo)
-    assert run_cli(['--input', str(demo['stripped']), '--ohlcv', str(demo['store']), '--output', str(out),
+    assert exit_of(build_sequences_cli, ['--input', str(demo['stripped']), '--ohlcv', str(demo['store']), '--output', str(out),
                     '--workers', '1', '--no-provenance-check']) == (0, '')
     assert input_hashes(demo) == before
     assert read_metadata(out)['input']['provenance_check'] == 'skipped'
-    run_cli(['--input', str(demo['snapshots']), '--ohlcv', str(demo['store']), '--output', str(tmp_path / 'ok.parquet'),
+    exit_of(build_sequences_cli, ['--input', str(demo['snapshots']), '--ohlcv', str(demo['store']), '--output', str(tmp_path / 'ok.parquet'),
              '--workers', '1'])
     assert read_metadata(tmp_path / 'ok.parquet')['input']['provenance_check'] == 'passed'
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_exit import exit_of
 import torch
 
 import pyarrow.parquet as pq
@@ -200,14 +201,6 @@ def made(tmp_path_factory):
     return folder, seqs
 
 
-def refused(cli, argv, capsys):
-    "Run a console script in-process; return (exit status it would have, its stderr line)."
-    with pytest.raises(SystemExit) as e: cli(argv)
-    code = e.value.code
-    err = capsys.readouterr().err
-    return (1, code) if isinstance(code, str) else (code, err)
-
-
 def rewritten(src, dst, change):
     "A copy of a sequences file whose arrays or metadata `change` altered in place (written without validation)."
     X, mask, meta = read_sequences(src)
@@ -230,7 +223,7 @@ def _best(folder): return folder / 'model' / 'best.pt'
 def test_train_flags_checked_up_front(made, tmp_path, capsys, argv, flag):
     folder, seqs = made
     before = fingerprint(folder)
-    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(tmp_path / 'm')] + argv, capsys)
+    code, msg = exit_of(train_cli, ['--sequences', str(seqs), '--output-dir', str(tmp_path / 'm')] + argv, capsys)
     assert code == 1 and msg.startswith('k4-train: ') and flag in msg and '\n' not in msg and 'Traceback' not in msg
     assert fingerprint(folder) == before and not (tmp_path / 'm').exists()
 
@@ -238,7 +231,7 @@ def test_train_flags_checked_up_front(made, tmp_path, capsys, argv, flag):
 @pytest.mark.parametrize('argv', [['--model-size', 'huge'], ['--backend', 'tpu'], ['--loss', 'hinge'], ['--epochs', 'many']])
 def test_train_choices_are_argparse_errors(made, tmp_path, capsys, argv):
     folder, seqs = made
-    code, err = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(tmp_path / 'm')] + argv, capsys)
+    code, err = exit_of(train_cli, ['--sequences', str(seqs), '--output-dir', str(tmp_path / 'm')] + argv, capsys)
     assert code == 2 and argv[0] in err and 'Traceback' not in err
 
 
@@ -249,7 +242,7 @@ def test_resume_must_be_the_last_of_an_interrupted_run(made, capsys, resume, why
     folder, seqs = made
     path = resume(folder / 'model')
     before = fingerprint(folder)
-    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
+    code, msg = exit_of(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
                                     '--epochs', '1', '--batch-size', '64', '--resume', str(path)], capsys)
     assert code == 1 and '--resume' in msg and str(path) in msg and why in msg and 'weights_only' not in msg
     assert fingerprint(folder) == before
@@ -258,7 +251,7 @@ def test_resume_must_be_the_last_of_an_interrupted_run(made, capsys, resume, why
 def test_resume_of_a_finished_run_refused(made, capsys):
     folder, seqs = made
     before = fingerprint(folder)
-    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
+    code, msg = exit_of(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
                                     '--epochs', '1', '--batch-size', '64', '--resume', str(folder / 'model' / 'last.pt')], capsys)
     assert code == 1 and 'already ended' in msg and fingerprint(folder) == before
 
@@ -267,7 +260,7 @@ def test_resume_of_a_finished_run_refused(made, capsys):
 def test_output_dir_may_not_be_or_contain_the_sequences(made, capsys, out):
     folder, seqs = made
     before = fingerprint(folder)
-    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(out(folder)), '--epochs', '1'], capsys)
+    code, msg = exit_of(train_cli, ['--sequences', str(seqs), '--output-dir', str(out(folder)), '--epochs', '1'], capsys)
     assert code == 1 and '--output-dir' in msg and '--sequences' in msg and fingerprint(folder) == before
 
 
@@ -282,7 +275,7 @@ def test_bad_sequences_stop_training_naming_file_rows_columns(made, tmp_path, ca
     folder, seqs = made
     bad = rewritten(seqs, tmp_path / 'bad.parquet', change)
     before = fingerprint(bad)
-    code, msg = refused(train_cli, ['--sequences', str(bad), '--output-dir', str(tmp_path / 'm'), '--epochs', '1'], capsys)
+    code, msg = exit_of(train_cli, ['--sequences', str(bad), '--output-dir', str(tmp_path / 'm'), '--epochs', '1'], capsys)
     assert code == 1 and str(bad) in msg and all(e in msg for e in expect), msg
     assert fingerprint(bad) == before and not (tmp_path / 'm' / 'best.pt').exists()
 
@@ -292,7 +285,7 @@ def test_sequences_without_provenance_refused_unless_asked(made, tmp_path, capsy
     bare = tmp_path / 'bare.parquet'
     pq.write_table(pq.read_table(seqs).replace_schema_metadata({}), bare)
     before = fingerprint(bare)
-    code, msg = refused(train_cli, ['--sequences', str(bare), '--output-dir', str(tmp_path / 'm'), '--epochs', '1'], capsys)
+    code, msg = exit_of(train_cli, ['--sequences', str(bare), '--output-dir', str(tmp_path / 'm'), '--epochs', '1'], capsys)
     assert code == 1 and str(bare) in msg and '--no-provenance-check' in msg
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -312,7 +305,7 @@ def test_no_stale_model_reported_as_the_new_result(made, capsys, argv):
     "A folder holding an earlier best.pt: a run that would train nothing is refused and the old model is left alone."
     folder, seqs = made
     before = fingerprint(folder)
-    code, msg = refused(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model')] + argv, capsys)
+    code, msg = exit_of(train_cli, ['--sequences', str(seqs), '--output-dir', str(folder / 'model')] + argv, capsys)
     assert code == 1 and argv[0] in msg and 'best epoch' not in capsys.readouterr().out
     assert fingerprint(folder) == before
 
