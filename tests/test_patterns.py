@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
-from cli_exit import exit_of
+from helpers import exit_of
 
 from k4_nbdev.data import OHLCVError, MarketParams, synthetic_market, write_store, fingerprint
 from k4_nbdev.patterns import (CALIBRATION_TARGETS, LABEL_COLUMNS, bench_calibration, SNAPSHOT_COLUMNS, adx, bollinger_width, find_patterns, indicators,

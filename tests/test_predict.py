@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from cli_exit import exit_of
+from helpers import exit_of, rewritten
 import torch
 
 from k4_nbdev.data import fingerprint, read_store
 from k4_nbdev.patterns import read_metadata
 from k4_nbdev.predict import (PROB_COLUMNS, SCAN_COLUMNS, assign_signals, check_dates, demo_run, predict,
                               predict_cli, prediction_summary, prediction_table, scan, scan_cli, score_sequences)
-from k4_nbdev.sequences import FEATURES, read_sequences, sequence_table
+from k4_nbdev.sequences import FEATURES
 from k4_nbdev.train import expected_value, load_checkpoint
 
 
@@ -195,14 +195,6 @@ def test_bad_model_files_one_line(run, tmp_path, capsys, make, why):
     code, msg = exit_of(predict_cli, _predict(folder, model, tmp_path / 'p.parquet'), capsys)
     assert code == 1 and str(model) in msg and why in msg and '\n' not in msg and 'weights_only' not in msg, msg
     assert snapshot(folder) | {'model': fingerprint(model)} == before and not (tmp_path / 'p.parquet').exists()
-
-
-def rewritten(src, dst, change):
-    "A copy of a sequences file whose arrays `change` altered in place, keeping the builder's metadata."
-    X, mask, meta = read_sequences(src)
-    change(X, mask, meta)
-    pq.write_table(sequence_table(X, mask, meta).replace_schema_metadata(pq.read_schema(src).metadata), dst)
-    return dst
 
 
 def test_non_finite_sequences_stop_prediction(run, tmp_path, capsys):

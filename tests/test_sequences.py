@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
-from cli_exit import exit_of
+from helpers import exit_of
 
 from k4_nbdev.data import SCALES, fingerprint, synthetic_market, write_store
 from k4_nbdev.patterns import indicators, market_snapshots, read_metadata, write_table

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_exit import exit_of
+from helpers import exit_of, rewritten
 import torch
 
 import pyarrow.parquet as pq
 
 from k4_nbdev.data import fingerprint
 from k4_nbdev.patterns import read_metadata
-from k4_nbdev.sequences import FEATURES, build_sequences, demo_inputs, read_sequences, sequence_table
+from k4_nbdev.sequences import FEATURES, build_sequences, demo_inputs
 from k4_nbdev.train import (SplitError, purged_split, fit_scaler, apply_scaler, train, load_checkpoint,
                             model_from_checkpoint, predict_proba, classification_metrics, walk_forward_folds,
                             average_precision, train_cli)
@@ -199,14 +199,6 @@ def made(tmp_path_factory):
         train_cli(['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',
                    '--epochs', '1', '--batch-size', '64'])
     return folder, seqs
-
-
-def rewritten(src, dst, change):
-    "A copy of a sequences file whose arrays or metadata `change` altered in place (written without validation)."
-    X, mask, meta = read_sequences(src)
-    change(X, mask, meta)
-    pq.write_table(sequence_table(X, mask, meta).replace_schema_metadata(pq.read_schema(src).metadata), dst)
-    return dst
 
 
 def _zero(folder): p = folder / 'zero.pt'; p.write_bytes(b''); return p
