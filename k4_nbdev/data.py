@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'SCALES', 'TRUTH_COLUMNS', 'PRECURSORS',
-           'REAL_SOURCES', 'TRUTH_FILE', 'USER_ERRORS', 'OHLCVError', 'validate_ohlcv', 'normalise_ohlcv',
-           'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store', 'MarketParams',
-           'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts', 'load_source',
-           'build_store', 'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag', 'check_outputs', 'os_error_line',
-           'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
+           'REAL_SOURCES', 'TRUTH_FILE', 'USER_ERRORS', 'OHLCVError', 'validate_ohlcv', 'parse_dates',
+           'normalise_ohlcv', 'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store',
+           'MarketParams', 'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts',
+           'load_source', 'build_store', 'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag', 'check_outputs',
+           'os_error_line', 'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
@@ -101,6 +101,15 @@ _COLUMN_ALIASES = {'datetime': 'date', 'timestamp': 'date', 'time': 'date', 'day
                    'adj close': 'adj_close', 'adj_close': 'adj_close', 'adjclose': 'adj_close',
                    'adjusted_close': 'adj_close', 'vol': 'volume'}
 
+def parse_dates(raw:pd.Series, # a date column as read from a file
+               ) -> pd.Series: # the dates; unparseable values are NaT
+    "Parse dates month-first, unless the text is day-first: then only the day-first reading is in order (03/04 vs 04/03)."
+    month_first = pd.to_datetime(raw, errors='coerce', format='mixed')
+    if pd.api.types.is_datetime64_any_dtype(raw) or pd.api.types.is_numeric_dtype(raw): return month_first
+    day_first = pd.to_datetime(raw, errors='coerce', format='mixed', dayfirst=True)
+    in_order = lambda d: d.dropna().is_monotonic_increasing
+    return day_first if in_order(day_first) and not in_order(month_first) else month_first
+
 def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
                    ) -> pd.DataFrame: # same rows, schema column names, `date` parsed to tz-naive midnight
     "Map common column-name variants to the schema and parse the dates; values are not changed."
@@ -114,7 +123,7 @@ def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
         renamed[c] = _COLUMN_ALIASES.get(key, key.replace(' ', '_'))
     df = df.rename(columns=renamed)
     if 'date' in df.columns:
-        dates = pd.to_datetime(df['date'], errors='coerce', format='mixed')
+        dates = parse_dates(df['date'])
         if getattr(dates.dt, 'tz', None) is None: dates = dates.dt.normalize()
         df['date'] = dates
     return df

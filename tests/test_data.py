@@ -377,3 +377,12 @@ def test_validation_never_crashes_on_random_frames(rows):
             clean, report = validate_ohlcv(df, 'R', mode)
             assert np.isfinite(clean[['open', 'high', 'low', 'close', 'volume']].to_numpy()).all()
         except OHLCVError: pass
+
+
+def test_day_first_dates_are_read_day_first_not_reported_unsorted(tmp_path):
+    d = pd.bdate_range('2024-01-01', periods=40)
+    f = bars(40).assign(date=d.strftime('%d/%m/%Y'))
+    (tmp_path / 's').mkdir(); f.to_csv(tmp_path / 's' / 'X.csv', index=False)
+    r = run_cli('k4-check-ohlcv', tmp_path / 's')
+    assert r.returncode == 0 and '40 valid bars' in r.stdout, r.stderr
+    assert read_store(tmp_path / 's')['X']['date'].tolist() == d.tolist()
