@@ -177,10 +177,12 @@ def test_run_names_cannot_escape_the_runs_root(tmp_path, capsys, name):
 
 
 @pytest.mark.parametrize('flag,value', [('--split-ratio', '1.5'), ('--split-ratio', '0'), ('--epochs', '0'),
-                                        ('--batch-size', '0'), ('--seed', '-1')])
+                                        ('--batch-size', '0'), ('--seed', '-1'),
+                                        ('-p epochs', '0'), ('-p split_ratio', '2'), ('-p batch_size', 'abc')])
 def test_bad_flag_values_are_refused_before_the_first_stage(tmp_path, capsys, flag, value):
-    line = cli_error(['--name', 'x', '--runs-root', tmp_path, '--scale', 'tiny', flag, value], capsys)
-    assert line.startswith(f'k4-pipeline: {flag} must be ') and value in line
+    line = cli_error(['--name', 'x', '--runs-root', tmp_path, '--scale', 'tiny', *flag.split(), value], capsys)
+    knob = flag.split()[-1].lstrip('-').replace('-', '_')
+    assert line.startswith(f"k4-pipeline: --{knob.replace('_', '-')} (or -p {knob}) must be ") and value in line
     assert not (tmp_path / 'x').exists()
 
 
