@@ -705,8 +705,8 @@ def quality_section(table:pd.DataFrame, # `model_quality`
     if ORACLE in table.index:
         intro = ("The synthetic market's answer key gives every planted episode a hidden quality q that drives its outcome. The "
                  "oracle scores each row by the q of its episode (rows outside every episode last) and maps q to an expected value "
-                 f"fitted on {table.attrs['oracle_fit']}. No model that sees only prices can know more than q: the oracle is the "
-                 "ceiling, and each model figure is also given as its share of it.")
+                 f"fitted on {table.attrs['oracle_fit']}. A model sees q only through noisy precursors in the bars, so the "
+                 "oracle is the ceiling the bench is built around, and each model figure is also given as its share of it.")
     else:
         intro = ("No answer key was given (`--truth`), as for real data and user stores: the ceiling is unknown, so the model's "
                  "figures are shown with their confidence intervals only.")
