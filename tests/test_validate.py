@@ -1,5 +1,5 @@
 """Validation: each of the seven tests passing and failing, performance figures, a leaky builder caught, ranking metrics,
-pattern-bootstrap intervals, the oracle's ceiling, the report and CLI."""
+pattern-bootstrap intervals, the oracle's ceiling, the signal backtest, the report and CLI."""
 import json
 import math
 import shutil
@@ -16,11 +16,13 @@ from k4_nbdev.patterns import read_metadata, write_table
 from k4_nbdev.predict import PROB_COLUMNS, assign_signals, demo_run, predict
 from k4_nbdev.sequences import bar_features, market_sequences, read_sequences
 from k4_nbdev.train import classification_metrics, expected_value
-from k4_nbdev.validate import (FAIL, NO_SIGNAL, ORACLE, PASS, SKIPPED, UNKNOWN, bootstrap_metrics, calibration_table,
-                               class_drift_check, confusion_matrix, ev_correlation_check, future_contamination_check,
-                               k4_recall_consistency_check, model_scores, oracle_model, pattern_resamples, per_class_table, quality_ev,
-                               quality_table, ranking_metrics, render_report, run_checks, scored_rows, signal_quality,
-                               split_purge_check, temporal_audit_check, temporal_sequence_check, validate, validate_cli)
+from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
+                               backtest, bootstrap_metrics, calibration_table, class_drift_check, confusion_matrix,
+                               equity_curve, ev_correlation_check, first_snapshots, future_contamination_check,
+                               k4_recall_consistency_check, max_drawdown, model_scores, oracle_model, pattern_resamples,
+                               per_class_table, quality_ev, quality_table, random_picks, ranking_metrics, render_report, run_checks,
+                               run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check, strong_signal_check,
+                               temporal_audit_check, temporal_sequence_check, validate, validate_cli)
 
 
 def toy(y, pred=None, start='2021-01-04'):
@@ -222,9 +224,12 @@ def test_validate_cli_writes_report_metrics_and_figures(run, capsys):
     assert text.startswith('# MambaAttention Validation Report') and '## Final Verdict' in text
     assert 'on or after the split date' in text
     links = [line.split('](')[1].rstrip(')') for line in text.splitlines() if line.startswith('![')]
-    assert len(links) == 6 and all((report.parent / link).exists() for link in links)
+    assert len(links) == 7 and all((report.parent / link).exists() for link in links)
+    assert '## Signal Backtest' in text and '| Every pattern |' in text and 'validation_report_figures/backtest.png' in text
+    assert "### STRONG Signals against the Reference's Targets" in text
     metrics = json.loads((report.parent / 'metrics.json').read_text())
     assert [c['status'] for c in metrics['checks']][5:] == [PASS, PASS]
+    assert EVERY_PATTERN in metrics['backtest']['table']['index'] and 'strong_signals' in metrics
     assert 'NaN' not in (report.parent / 'metrics.json').read_text()
 
 
@@ -242,6 +247,119 @@ def test_validate_cli_strict_and_bad_input(run, tmp_path):
         validate_cli(['--predictions', str(tmp_path / 'bad.parquet'), '--output', str(tmp_path / 'b.md')])
     with pytest.raises(SystemExit, match='does not exist'):
         validate_cli(['--predictions', str(tmp_path / 'none.parquet'), '--output', str(tmp_path / 'n.md')])
+
+
+# --- the signal backtest -------------------------------------------------------------------------------------
+def flat_path(n=150, price=10.0):
+    "A quiet constructed price path: every bar opens and closes at `price`, with a 1% wick either side."
+    return pd.DataFrame({'date': pd.bdate_range('2021-01-04', periods=n), 'open': price, 'high': price * 1.01,
+                         'low': price * 0.99, 'close': price, 'volume': 1e6})
+
+
+@pytest.mark.parametrize('change,snapshot,exit_bar,price,reason,held', [
+    ({}, 0, 100, 10.0, 'timeout', 100),                                            # untouched: out at the 100th bar's close
+    ({(100, 'close'): 12.0, (100, 'high'): 12.0}, 0, 100, 12.0, 'timeout', 100),    # timeout at 100 bars, +20%
+    ({(3, 'low'): 8.8}, 0, 3, 9.0, 'stop', 3),                                     # stop hit intrabar: out at the stop
+    ({(3, 'open'): 8.5, (3, 'low'): 8.4}, 0, 3, 8.5, 'stop', 3),                    # gap below the stop: out at the open
+    ({(3, 'low'): 9.0}, 0, 3, 9.0, 'stop', 3),                                     # a low exactly at the stop stops it
+    ({(101, 'low'): 8.0}, 0, 100, 10.0, 'timeout', 100),                            # a stop after the window does not count
+    ({(149, 'close'): 11.0}, 120, 149, 11.0, 'end of data', 29),                   # the prices end first: the last close
+    ({(1, 'open'): 8.9, (1, 'low'): 8.9}, 0, 1, 8.9, 'stop', 1)])                   # next open below the stop: out at once
+def test_trade_on_a_constructed_price_path(change, snapshot, exit_bar, price, reason, held):
+    bars = flat_path()
+    for (i, col), v in change.items(): bars.loc[i, col] = v
+    day = bars['date']
+    trade = simulate_trade(bars, day[snapshot], 10.0)       # lower boundary 10: the stop is 9
+    assert (trade['entry_date'], trade['entry_price']) == (day[snapshot + 1], bars['open'][snapshot + 1])   # the next open
+    assert (trade['exit_date'], trade['reason'], trade['bars_held']) == (day[exit_bar], reason, held)
+    assert trade['exit_price'] == pytest.approx(price)
+    assert trade['return'] == pytest.approx(price / bars['open'][snapshot + 1] - 1)
+
+
+def test_a_snapshot_with_no_next_bar_is_not_traded_but_counted():
+    bars = flat_path(10)
+    assert simulate_trade(bars, bars['date'][9], 10.0) is None
+    picks = pd.DataFrame({'ticker': 'T', 'pattern_id': ['A', 'B'], 'snapshot_date': bars['date'][[2, 9]].to_numpy()})
+    trades = run_trades(picks, picks.assign(lower_boundary=10.0), {'T': bars})
+    assert list(trades['pattern_id']) == ['A'] and trades.attrs['untradeable'] == 1
+
+
+def market_case():
+    "One ticker, three patterns: A (stop 8.55) GOOD then STRONG, B (stop 9) never, C (stop 9) STRONG; bar 50 dips to 8.8."
+    bars = flat_path(300)
+    bars.loc[50, 'low'] = 8.8
+    bars.loc[[100, 105], ['high', 'close']] = [[11.0, 11.0], [12.0, 12.0]]
+    day = bars['date']
+    scored = pd.DataFrame({'ticker': 'T', 'pattern_id': ['A'] * 3 + ['B'] * 2 + ['C'],
+                           'snapshot_date': day[[0, 5, 10, 20, 25, 40]].to_numpy(),
+                           'signal': ['AVOID', 'GOOD', 'STRONG', 'MODERATE', 'MODERATE', 'STRONG'],
+                           'outcome_class': pd.array([4, 4, 4, 0, 0, 5], dtype='Int64')})
+    return bars, scored, scored[KEY].assign(lower_boundary=[9.5] * 3 + [10.0] * 3)
+
+
+def test_one_position_per_pattern():
+    bars, scored, bounds = market_case()
+    signal = first_snapshots(scored, ENTRY_SIGNALS)
+    assert list(signal['pattern_id']) == ['A', 'C'] and signal['snapshot_date'][0] == bars['date'][5]   # A once, first GOOD
+    assert list(first_snapshots(scored)['snapshot_date']) == list(bars['date'][[0, 20, 40]])
+    trades = run_trades(signal, bounds, {'T': bars})
+    assert trades['return'].to_numpy() == pytest.approx([0.2, -0.1]) and list(trades['reason']) == ['timeout', 'stop']
+    with pytest.raises(ValueError, match='1 traded snapshots are not in the sequences file .first: T 2021-01-11'):
+        run_trades(signal, bounds.iloc[[0, 2, 3, 4, 5]], {'T': bars})
+
+
+def test_backtest_table_and_equity_curve_by_hand():
+    bars, scored, bounds = market_case()
+    bt = backtest(scored, (None, None, bounds), {'T': bars}, n_random=30)
+    t = bt['table']
+    # signals: C stopped on bar 50 (-0.1), A out on bar 105 (+0.2); stakes 1/2 -> -0.05, then +0.05
+    assert t.loc[SIGNAL_TRADES, ['trades', 'hit_rate', 'mean_return', 'median_return', 'stop_share', 'max_drawdown']].to_numpy(
+        float) == pytest.approx([2, 0.5, 0.05, 0.05, 0.5, 0.05])
+    # every pattern: B and C stopped on bar 50, A out on bar 100 (+0.1); stakes 1/3 -> -0.2/3, then -0.1/3
+    assert t.loc[EVERY_PATTERN, ['trades', 'mean_return', 'median_return', 'max_drawdown']].to_numpy(float) == pytest.approx(
+        [3, -0.1 / 3, -0.1, 0.2 / 3])
+    assert bt['curves'][SIGNAL_TRADES].to_numpy() == pytest.approx([-0.05, -0.05, 0.05])
+    assert list(bt['curves'].index) == list(bars['date'][[50, 100, 105]])
+    assert (t.loc['Random picks, 5%'] <= t.loc['Random picks, 95%']).all() and t.loc['Random picks, mean', 'trades'] == 2
+    assert max_drawdown([0.1, -0.2, 0.3, 0.25]) == pytest.approx(0.3) and max_drawdown([0.1, 0.2]) == 0
+    assert equity_curve([0.1, 0.3], bars['date'][[2, 1]], bars['date'][[1, 2]]) == pytest.approx([0.15, 0.2])
+
+
+def test_random_baseline_is_reproducible_with_its_seed():
+    picks = random_picks(50, 7, n_random=20, seed=3)
+    assert picks.shape == (20, 7) and all(len(set(p)) == 7 for p in picks)
+    assert (picks == random_picks(50, 7, n_random=20, seed=3)).all() and not (picks == random_picks(50, 7, 20, seed=4)).all()
+    bars, scored, bounds = market_case()
+    run = lambda seed: backtest(scored, (None, None, bounds), {'T': bars}, n_random=30, seed=seed)
+    pd.testing.assert_frame_equal(run(1)['table'], run(1)['table'])
+    pd.testing.assert_frame_equal(run(1)['curves'], run(1)['curves'])
+
+
+def test_backtest_without_signals_or_inputs():
+    bars, scored, bounds = market_case()
+    quiet = backtest(scored.assign(signal='AVOID'), (None, None, bounds), {'T': bars})
+    assert list(quiet['table'].index) == [SIGNAL_TRADES, EVERY_PATTERN] and quiet['table'].loc[SIGNAL_TRADES, 'trades'] == 0
+    assert math.isnan(quiet['table'].loc[SIGNAL_TRADES, 'mean_return'])
+    assert 'skipped' in backtest(scored, (None, None, bounds)) and 'skipped' in backtest(scored, None, {'T': bars})
+
+
+def test_strong_signals_against_the_targets():
+    _, scored, _ = market_case()
+    table = strong_signal_check(scored)    # A and C STRONG: A's first STRONG snapshot K4, C's K5; base rate 1/3
+    assert table['value'].to_numpy(float) == pytest.approx([2 / 3, 0.5, 1 / 3, 1.5])
+    assert list(table['met']) == ['no', 'yes', '', 'no'] and table.attrs == {'n_patterns': 3, 'n_strong': 2}
+    none = strong_signal_check(scored.assign(signal='GOOD'))
+    assert none['value'].iloc[0] == 0 and list(none['met']) == ['no', 'n/a', '', 'n/a']
+
+
+def test_report_says_the_backtest_was_skipped_without_the_store(run, tmp_path):
+    folder, best = run
+    validate_cli(['--predictions', str(folder / 'predictions.parquet'), '--output', str(tmp_path / 'r.md'), '--sequences',
+                  str(folder / 'sequences.parquet'), '--model', str(best), '--n-audit', '0', '--n-boot', '10'])
+    text = (tmp_path / 'r.md').read_text()
+    assert '## Signal Backtest\n\nSkipped: the backtest needs the OHLCV store (--ohlcv)' in text and 'backtest.png' not in text
+    assert not (tmp_path / 'r_figures' / 'backtest.png').exists()
+    assert 'skipped' in json.loads((tmp_path / 'metrics.json').read_text())['backtest']
 
 
 # --- ranking, bootstrap, ceiling ------------------------------------------------------------------------------
