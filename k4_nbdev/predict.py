@@ -71,10 +71,11 @@ def score_sequences(model, # network from `model_from_checkpoint`
                     batch_size:int=256, # sequences per forward pass
                     device:str='cpu', # torch device
                     source:str='the model', # the checkpoint, for messages
+                    calibration:dict=None, # the checkpoint's probability calibration; None: the raw softmax
                    ) -> np.ndarray: # class probabilities (N, 6), all finite
-    "Scale and score sequences batch by batch; refuse non-finite probabilities."
+    "Scale and score sequences batch by batch with the checkpoint's calibration; refuse non-finite probabilities."
     parts = [predict_proba(model, apply_scaler(X[i:i + batch_size], mask[i:i + batch_size], scaler), mask[i:i + batch_size],
-                           batch_size, device) for i in range(0, len(X), batch_size)]
+                           batch_size, device, calibration) for i in range(0, len(X), batch_size)]
     probs = np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
     if not np.isfinite(probs).all():
         rows = np.flatnonzero(~np.isfinite(probs).all(1))
@@ -113,7 +114,7 @@ def predict(model, # checkpoint path (`best.pt`)
     check_finite(X, meta, str(sequences))
     check_dates(meta, str(sequences), today)
     net = model_from_checkpoint(ckpt, source=str(model)).to(device)
-    preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model)))
+    preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), ckpt.get('calibration')))
     if output is not None:
         inputs = {'sequences': {'path': str(sequences), 'fingerprint': fingerprint(sequences)},
                   'model': {'path': str(model), 'fingerprint': fingerprint(model)}}
@@ -227,7 +228,7 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
         X, mask = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         meta = pd.concat([p[2] for p in parts], ignore_index=True)
         net = model_from_checkpoint(ckpt, source=str(model)).to(device)
-        preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model)))
+        preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), ckpt.get('calibration')))
         table = meta.assign(close=[frames[t]['close'].iloc[-1] for t in meta['ticker']],
                             **{k: preds[k] for k in ['expected_value', 'signal', 'prob_k4', 'prob_k5', 'predicted_class']})
         table = table[SCAN_COLUMNS].sort_values(['expected_value', 'ticker'], ascending=[False, True], ignore_index=True)

@@ -9,23 +9,25 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES',
            'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT',
            'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES',
-           'FIGURES', 'scored_rows', 'check', 'grade', 'date_halves', 'temporal_sequence_check',
-           'future_contamination_check', 'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares',
-           'class_drift_check', 'temporal_audit_check', 'split_purge_check', 'per_class_table', 'confusion_matrix',
-           'calibration_table', 'pr_curve', 'signal_quality', 'performance', 'alert_key', 'weighted_corr',
-           'chance_none_alerted', 'ranking_metrics', 'pattern_resamples', 'bootstrap_metrics', 'read_truth',
-           'quality_ev', 'oracle_model', 'model_scores', 'quality_table', 'simulate_trade', 'first_snapshots',
-           'random_picks', 'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest',
-           'strong_signal_check', 'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality',
-           'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
-           'md_table', 'quality_display', 'quality_section', 'strong_section', 'backtest_section', 'render_report',
-           'jsonable', 'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'check_finite',
-           'check_provenance', 'validate', 'validate_cli']
+           'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows', 'check', 'grade',
+           'date_halves', 'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
+           'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
+           'per_class_table', 'confusion_matrix', 'calibration_table', 'pr_curve', 'signal_quality', 'performance',
+           'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics', 'pattern_resamples',
+           'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model', 'model_scores', 'quality_table',
+           'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve', 'max_drawdown',
+           'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration', 'plot_k4_pr',
+           'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks',
+           'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'strong_section', 'backtest_section',
+           'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'check_finite',
+           'check_provenance', 'validate', 'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary',
+           'summary_display', 'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
 import math
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -35,13 +37,15 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import (TRUTH_COLUMNS, TRUTH_FILE, atomic_write, check_flag, check_outputs, command, episode_truth, fingerprint,
-                          read_store)
-from .loss import CLASS_NAMES, K4, STRATEGIC_VALUES
+from .data import (TRUTH_COLUMNS, TRUTH_FILE, UsageError, atomic_write, check_flag, check_outputs, command, episode_truth,
+                          fingerprint, read_store)
+from .loss import CLASS_NAMES, K4, LOSSES, STRATEGIC_VALUES
+from .model import MODEL_SIZES
 from .patterns import read_metadata
 from .predict import PROB_COLUMNS, SIGNAL_COLORS, SIGNALS, demo_run, predict
 from .sequences import audit_sequences, bar_features, read_sequences
-from .train import average_precision, classification_metrics, expected_value, load_checkpoint, rank_order
+from .train import (K4_WEIGHT, SplitError, average_precision, check_settings, checkpoint_probs, classification_metrics, expected_value, fit_model,
+                            fold_data, lightgbm_baseline, load_checkpoint, load_training_data, rank_order, walk_forward_folds)
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -1087,3 +1091,155 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
     print(f"report: {res['report']}; metrics: {res['metrics']}")
     if strict and not res['verdict']['passed']: sys.exit(1)
 
+
+# %% ../nbs/07_validate.ipynb #a7498dcc
+EVALUATION_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'pattern_k4_recall_top2', 'ev_corr']
+LIGHTGBM = 'LightGBM (window summaries)'
+
+def evaluation_variants(losses:list=('asymmetric', 'cross_entropy', 'focal'), # one MambaAttention per loss
+                        k4_weights:list=(), # extra asymmetric runs with these K4 weights (the sweep)
+                        model_sizes:list=(), # extra asymmetric runs with these model sizes
+                        lightgbm:bool=True, # add the LightGBM window baseline
+                        **recipe, # the shared training settings (model_size, k4_weight, epochs, ...)
+                       ) -> dict: # model name -> keyword arguments of `fit_model` (of `lightgbm_baseline` for LIGHTGBM)
+    "The models of a walk-forward comparison: the losses, then one-knob variations of the asymmetric recipe."
+    variants = {f'MambaAttention ({loss})': {**recipe, 'loss': loss} for loss in losses}
+    variants |= {f'MambaAttention (asymmetric, K4 weight {w:g})': {**recipe, 'loss': 'asymmetric', 'k4_weight': float(w)} for w in k4_weights}
+    variants |= {f'MambaAttention (asymmetric, {size})': {**recipe, 'loss': 'asymmetric', 'model_size': size} for size in model_sizes}
+    return variants | ({LIGHTGBM: {'k4_weight': float(recipe.get('k4_weight', K4_WEIGHT))}} if lightgbm else {})
+
+def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (from `load_training_data`)
+                 variants:dict, # from `evaluation_variants`
+                 workdir, # models are written under workdir/fold{k}/seed{s}/...
+                 n_folds:int=3, # walk-forward folds
+                 seeds:list=(0, 1, 2), # training seeds
+                 episodes:pd.DataFrame=None, # the answer key: adds the oracle on every fold; None: no ceiling
+                 first_ratio:float=0.5, # date quantile where the first validation block starts
+                 inner_ratio:float=0.8, # selection slice of each fold's training period
+                 done:pd.DataFrame=None, # rows of an interrupted evaluation to keep (their fold, seed, model are skipped)
+                 on_row=None, # called with the results so far after each model (e.g. to save them)
+                ) -> pd.DataFrame: # one row per fold x seed x model: fold, seed, model, split_date, n_val, n_k4, seconds, EVALUATION_METRICS
+    "Train and score every variant on every walk-forward fold and seed; the oracle once per fold."
+    rows = [] if done is None else done.to_dict('records')
+    have = {(r['fold'], r['seed'], r['model']) for r in rows}
+    for k, (train, val, info) in enumerate(walk_forward_folds(data['meta'], n_folds, first_ratio), 1):
+        fold = fold_data(data, train, val, info, inner_ratio)
+        y, pattern = data['y'][val], data['meta']['pattern_id'].to_numpy()[val]
+        def add(seed, name, model, seconds):
+            m = ranking_metrics(model['score'], y, pattern, model.get('ev'), model.get('pred'))
+            rows.append({'fold': k, 'seed': seed, 'model': name, 'split_date': info['split_date'], 'n_val': len(val),
+                         'n_k4': int((y == K4).sum()), 'seconds': round(seconds, 1), **{c: m[c] for c in EVALUATION_METRICS}})
+            if on_row is not None: on_row(pd.DataFrame(rows))
+        if episodes is not None and (k, -1, ORACLE) not in have:
+            add(-1, ORACLE, oracle_model(data['meta'].iloc[val], data['meta'].iloc[fold['fit']], episodes), 0.0)
+        for seed in seeds:
+            for name, kwargs in variants.items():
+                if (k, seed, name) in have: continue
+                t0 = time.perf_counter()
+                if name == LIGHTGBM: probs = lightgbm_baseline(fold, seed=seed, **kwargs)['probs']
+                else:
+                    res = fit_model(fold, Path(workdir) / f'fold{k}' / f'seed{seed}' / name.replace(' ', '_'), seed=seed,
+                                    verbose=False, progress=False, **kwargs)
+                    probs = checkpoint_probs(res['best'], fold, val)
+                add(seed, name, model_scores(probs), time.perf_counter() - t0)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/07_validate.ipynb #a1b1edc7
+def evaluation_summary(results:pd.DataFrame, # from `walk_forward`
+                      ) -> pd.DataFrame: # per model: runs, then mean and std of each metric (+ its share of the oracle's on the same fold)
+    "Mean ± std over folds x seeds per model; the share of the ceiling is taken fold by fold, then averaged."
+    r = results.copy()
+    oracle = r[r['model'] == ORACLE].set_index('fold')
+    for m in EVALUATION_METRICS:
+        if len(oracle): r[f'{m}_share'] = r[m] / r['fold'].map(oracle[m]).where(lambda v: v > 0)
+    cols = [c for m in EVALUATION_METRICS for c in (m, f'{m}_share') if c in r]
+    g = r.groupby('model', sort=False)
+    out = pd.concat({'mean': g[cols].mean(), 'std': g[cols].std(ddof=1)}, axis=1).swaplevel(axis=1)
+    out = out[[(c, s) for c in cols for s in ('mean', 'std')]]
+    out.insert(0, ('runs', ''), g.size())
+    return out
+
+def summary_display(summary:pd.DataFrame, # from `evaluation_summary`
+                   ) -> pd.DataFrame: # strings 'mean ± std' per metric (share of the ceiling in %)
+    "The summary as a readable table."
+    show = lambda m, s, pct: '–' if pd.isna(m) else (f'{100 * m:.0f}% ± {100 * s:.0f}' if pct else f'{m:.3f} ± {s:.3f}') if pd.notna(s) else (f'{100 * m:.0f}%' if pct else f'{m:.3f}')
+    name = lambda c: f"{RANKING_NAMES.get(c[:-6], c[:-6])}: share of the ceiling" if c.endswith('_share') else RANKING_NAMES.get(c, c)
+    cols = {c: name(c) for c in dict.fromkeys(c for c, _ in summary.columns[1:])}
+    table = pd.DataFrame({name: [show(summary.loc[i, (c, 'mean')], summary.loc[i, (c, 'std')], c.endswith('_share'))
+                                 for i in summary.index] for c, name in cols.items()}, index=summary.index)
+    table.insert(0, 'runs', summary[('runs', '')])
+    return table
+
+def plot_evaluation(results:pd.DataFrame, # from `walk_forward`
+                   ):
+    "Every fold x seed result per model and metric, with the mean; the oracle's per-fold values as grey ticks."
+    models = [m for m in results['model'].unique() if m != ORACLE]
+    fig, axes = plt.subplots(1, len(EVALUATION_METRICS), figsize=(4 * len(EVALUATION_METRICS), 0.5 * len(models) + 2), sharey=True)
+    for ax, metric in zip(axes, EVALUATION_METRICS):
+        for i, m in enumerate(models):
+            v = results.loc[results['model'] == m, [metric, 'fold']]
+            ax.scatter(v[metric], i + 0.12 * (v['fold'] - 2), s=14, c=v['fold'], cmap='viridis', vmin=1, vmax=max(results['fold'].max(), 2))
+            ax.plot([v[metric].mean()] * 2, [i - 0.35, i + 0.35], color='k', lw=2)
+        for v in results.loc[results['model'] == ORACLE, metric]:
+            ax.axvline(v, color='0.6', ls=':', lw=1)
+        ax.set_title(RANKING_NAMES.get(metric, metric), fontsize=9); ax.axvline(0, color='0.8', lw=0.8)
+    axes[0].set_yticks(range(len(models)), models, fontsize=8); axes[0].invert_yaxis()
+    fig.suptitle('walk-forward folds x seeds (dots coloured by fold; black: mean; dotted: the oracle on each fold)', fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/07_validate.ipynb #62fe3b82
+EVALUATION_FILES = ('evaluation.csv', 'evaluation_summary.csv', 'evaluation.png')
+
+def _numbers(text:str, # comma-separated values, e.g. '50,200'
+             flag:str, # the flag, for messages
+             kind=float, # the type of each value
+            ) -> list:
+    "A comma-separated flag value as a list, or a one-line error naming the flag."
+    try: return [kind(v) for v in text.split(',') if v.strip()] if text else []
+    except ValueError: raise UsageError(f"{flag} must be comma-separated {kind.__name__} values, got {text!r}") from None
+
+@command('k4-evaluate')
+def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (never modified)
+                 output_dir:str, # folder for evaluation.csv, evaluation_summary.csv, evaluation.png and the models; not the sequences' folder
+                 folds:int=3, # walk-forward folds, at least 1
+                 seeds:int=3, # training seeds per fold (0, 1, ...), at least 1
+                 losses:str='asymmetric,cross_entropy,focal', # MambaAttention losses to compare, comma-separated
+                 k4_weights:str='', # extra asymmetric runs with these K4 weights, comma-separated (e.g. 50,200,500,2000)
+                 model_sizes:str='', # extra asymmetric runs with these model sizes, comma-separated (e.g. small,base)
+                 no_lightgbm:bool=False, # leave out the LightGBM window baseline
+                 model_size:Literal[tuple(MODEL_SIZES)]='small', # MambaAttention preset of the shared recipe
+                 epochs:int=4, # training epochs, at least 1
+                 batch_size:int=64, # sequences per step, at least 1
+                 learning_rate:float=1e-3, # peak AdamW learning rate, above 0
+                 k4_weight:float=K4_WEIGHT, # class weight of K4 of the shared recipe, above 0
+                 truth:str=None, # the synthetic market's answer key (episodes.parquet): adds the oracle ceiling per fold
+                 first_ratio:float=0.5, # date quantile where the first validation block starts, between 0 and 1
+                 resume:bool=False, # keep the rows of an interrupted evaluation in --output-dir and run only the missing ones
+                 no_provenance_check:bool=False, # accept a sequences file without the builder's provenance metadata
+                ):
+    "Walk-forward folds x seeds: every model trained, selected and calibrated per fold, scored on the fold's validation rows."
+    out = Path(output_dir)
+    check_outputs({'--output-dir': output_dir}, {'--sequences': sequences, '--truth': truth})
+    check_flag(folds >= 1, '--folds', folds, 'at least 1'); check_flag(seeds >= 1, '--seeds', seeds, 'at least 1')
+    check_flag(0 < first_ratio < 1, '--first-ratio', first_ratio, 'strictly between 0 and 1')
+    sizes, loss_names = _numbers(model_sizes, '--model-sizes', str), _numbers(losses, '--losses', str)
+    for flag, given, allowed in [('--losses', loss_names, LOSSES), ('--model-sizes', sizes + [model_size], MODEL_SIZES)]:
+        if bad := [v for v in given if v not in allowed]: raise UsageError(f"{flag}: {bad} not among {list(allowed)}")
+    check_settings(epochs, batch_size, learning_rate, 1, k4_weight, model_size)
+    variants = evaluation_variants(loss_names, _numbers(k4_weights, '--k4-weights'), sizes, not no_lightgbm, model_size=model_size,
+                                   epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, k4_weight=k4_weight)
+    done = pd.read_csv(out / EVALUATION_FILES[0]) if resume and (out / EVALUATION_FILES[0]).exists() else None
+    episodes = read_truth(truth) if truth else None
+    data = load_training_data(sequences, provenance_check=not no_provenance_check)
+    out.mkdir(parents=True, exist_ok=True)
+    def save(rows):
+        with atomic_write(out / EVALUATION_FILES[0]) as tmp: rows.to_csv(tmp, index=False)
+        print(f"fold {rows['fold'].iloc[-1]} seed {rows['seed'].iloc[-1]} {rows['model'].iloc[-1]}: "
+              + ', '.join(f"{m} {rows[m].iloc[-1]:.3f}" for m in EVALUATION_METRICS), flush=True)
+    try: results = walk_forward(data, variants, out / 'models', folds, list(range(seeds)), episodes, first_ratio, done=done, on_row=save)
+    except SplitError as e: raise UsageError(f"--folds {folds} / --first-ratio {first_ratio}: {e}") from None
+    summary = evaluation_summary(results)
+    with atomic_write(out / EVALUATION_FILES[1]) as tmp: summary.to_csv(tmp)
+    save_figure(plot_evaluation(results), out / EVALUATION_FILES[2])
+    print(summary_display(summary).to_string())

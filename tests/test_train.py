@@ -18,7 +18,8 @@ from k4_nbdev.patterns import read_metadata
 from k4_nbdev.sequences import FEATURES, build_sequences, demo_inputs
 from k4_nbdev.train import (SplitError, purged_split, fit_scaler, apply_scaler, train, load_checkpoint,
                             model_from_checkpoint, predict_proba, classification_metrics, walk_forward_folds,
-                            average_precision, train_cli)
+                            average_precision, train_cli, selection_split, fold_data, window_summaries, WINDOW_STATS,
+                            calibration_error, fit_calibration, calibrated_proba, epoch_order, warmup_cosine)
 
 L, F = 12, len(FEATURES)
 
@@ -77,6 +78,74 @@ def test_walk_forward_folds_expand_and_stay_purged():
         assert meta['label_end_date'].iloc[tr].max() < meta['snapshot_date'].iloc[va].min()
 
 
+@pytest.mark.parametrize('inner_ratio', [0.6, 0.8])
+def test_selection_slice_is_purged_inside_training_and_before_validation(inner_ratio):
+    meta = meta_frame(400, window_days=12)
+    tr, va, info = purged_split(meta, 0.8)
+    fit, sel, inner = selection_split(meta, tr, inner_ratio)
+    d = meta['snapshot_date'].to_numpy(); ends = meta['label_end_date'].to_numpy()
+    assert set(fit) | set(sel) <= set(tr) and not set(fit) & set(sel)          # both inside training, disjoint
+    assert ends[fit].max() < d[sel].min()                                     # no fitting label looks into the slice
+    assert d[sel].max() < d[va].min() and ends[sel].max() < d[va].min()       # the slice never reaches validation
+    assert inner['n_purged_inner'] > 0 and inner['n_fit'] + inner['n_select'] + inner['n_purged_inner'] == len(tr)
+    assert not set(sel) & set(va) and not set(fit) & set(va)
+
+
+def test_fold_data_carves_the_slice_for_every_walk_forward_fold():
+    meta = meta_frame(300, window_days=5)
+    data = {'meta': meta}
+    for tr, va, info in walk_forward_folds(meta, n_folds=3):
+        f = fold_data(data, tr, va, info)
+        assert meta['label_end_date'].iloc[f['fit']].max() < meta['snapshot_date'].iloc[f['select']].min()
+        assert meta['snapshot_date'].iloc[f['select']].max() < meta['snapshot_date'].iloc[va].min()
+
+
+def test_window_summaries_by_hand_and_padding_ignored():
+    n_bars, k = 10, FEATURES.index('days_in_pattern')
+    X = np.ones((2, n_bars, F), np.float32); X[:, :, FEATURES.index('current_price')] = 5.0
+    X[:, :, k] = np.arange(n_bars) * 2.0                       # a ramp: slope 2 per bar
+    mask = np.ones((2, n_bars), np.float32); mask[1, :4] = 0   # the second sequence has 4 padded bars
+    S = window_summaries(X, mask).reshape(2, len(WINDOW_STATS), F)[:, :, k]
+    stat = dict(zip(WINDOW_STATS, S.T))
+    np.testing.assert_allclose(stat['last'], [18, 18]); np.testing.assert_allclose(stat['mean'], [9, 13])
+    np.testing.assert_allclose(stat['min'], [0, 8]); np.testing.assert_allclose(stat['change'], [18, 10])
+    np.testing.assert_allclose(stat['slope'], [2, 2], rtol=1e-6)
+    X2 = X.copy(); X2[1, :4] = 1e6                              # whatever lies under the padding ...
+    np.testing.assert_array_equal(window_summaries(X2, mask), window_summaries(X, mask))   # ... is never read
+
+
+def test_window_summaries_use_only_bars_up_to_the_snapshot():
+    from k4_nbdev.data import synthetic_market
+    from k4_nbdev.sequences import ticker_sequences
+    from test_sequences import snapshot_rows
+    df = synthetic_market(1, 400, seed=3)['SYN0000']
+    snaps = snapshot_rows(df, 'SYN0000', [(150, 160, 200), (250, 260, 300)])
+    full = window_summaries(*ticker_sequences(df, snaps, 50)[:2])
+    for i, t in enumerate([200, 300]):                          # the history cut at the snapshot bar: the same summaries
+        cut = window_summaries(*ticker_sequences(df.iloc[:t + 1], snaps.iloc[[i]], 50)[:2])
+        np.testing.assert_array_equal(full[i], cut[0])
+
+
+def test_calibration_recovers_a_known_distortion():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.full(6, 0.5), 3000)
+    y = (p.cumsum(1) < rng.random((3000, 1))).sum(1)
+    z = np.log(p) * 2 + np.log([1, 1, 2, 10, 500, 5])
+    cal = fit_calibration(z, y)
+    assert abs(cal['temperature'] - 2) < 0.25
+    assert calibration_error(calibrated_proba(z, cal), y) < calibration_error(calibrated_proba(z), y) / 3
+
+
+def test_oversampling_draws_rare_classes_at_their_rates():
+    y = np.array([0] * 900 + [4] * 100)
+    gen = torch.Generator().manual_seed(0)
+    assert sorted(epoch_order(y, gen).tolist()) == list(range(1000))          # plain: a permutation
+    drawn = y[epoch_order(y, gen, [1, 1, 1, 1, 9, 1]).numpy()]
+    assert len(drawn) == 1000 and 0.45 < (drawn == 4).mean() < 0.55        # K4 drawn 9x as often: half the epoch
+    f = warmup_cosine(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
+
+
 def sequences(n, seed=0, k4_signal=True):
     rng = np.random.default_rng(seed)
     X = rng.lognormal(0, 0.3, size=(n, L, F)).astype(np.float32)
@@ -102,7 +171,7 @@ def tiny_train(tmp_path, **kw):
     X, m, y = sequences(64)
     s = fit_scaler(X[:48], m[:48])
     args = dict(X_train=apply_scaler(X[:48], m[:48], s), m_train=m[:48], y_train=y[:48],
-                X_val=apply_scaler(X[48:], m[48:], s), m_val=m[48:], y_val=y[48:], output_dir=tmp_path,
+                X_sel=apply_scaler(X[48:], m[48:], s), m_sel=m[48:], y_sel=y[48:], output_dir=tmp_path,
                 meta={'scaler': s}, model_size='small', backend='torch', epochs=4, batch_size=16,
                 learning_rate=3e-3, seed=1, verbose=False, progress=False)
     return train(**{**args, **kw}), args
@@ -121,10 +190,10 @@ def test_best_checkpoint_always_exists_and_round_trips(tmp_path):
     for k in ['config', 'state_dict', 'scaler', 'feature_names', 'class_names', 'strategic_values', 'metrics', 'history']:
         assert k in ck
     model = model_from_checkpoint(ck)
-    p1 = predict_proba(model, args['X_val'], args['m_val'])
-    p2 = predict_proba(model_from_checkpoint(load_checkpoint(res['best'])), args['X_val'], args['m_val'])
+    p1 = predict_proba(model, args['X_sel'], args['m_sel'])
+    p2 = predict_proba(model_from_checkpoint(load_checkpoint(res['best'])), args['X_sel'], args['m_sel'])
     assert np.array_equal(p1, p2)
-    assert classification_metrics(p1, args['y_val'])['accuracy'] == ck['metrics']['accuracy']
+    assert classification_metrics(p1, args['y_sel'])['accuracy'] == ck['metrics']['accuracy']
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -309,8 +378,8 @@ def test_train_never_returns_a_checkpoint_of_another_run(tmp_path):
     ck = load_checkpoint(new['best'])
     assert ck['run_id'] != old_id and new['best_metrics'] == ck['metrics']
     # the result is checked against the run's own id: a best.pt planted by another run is refused
-    # (constant validation classes: no epoch after the first can improve, so only epoch 1 writes best.pt)
-    flat = dict(epochs=3, y_val=np.zeros(16, int))
+    # (constant selection classes: no epoch after the first can improve, so only epoch 1 writes best.pt)
+    flat = dict(epochs=3, y_sel=np.zeros(16, int))
     tiny_train(tmp_path / 'b', until_epoch=1, **flat)
     (tmp_path / 'b' / 'best.pt').write_bytes(new['best'].read_bytes())
     with pytest.raises(ValueError, match='not written by this run'):

@@ -615,3 +615,62 @@ def test_validate_checks_numeric_flags_first(inputs, tmp_path, flag, value, need
     line = refused(['--predictions', inputs['--predictions'], '--output', tmp_path / 'r.md', flag, value], inputs)
     assert line == f"k4-validate: {flag} must be {need}, got {int(value)}"
     assert not (tmp_path / 'r.md').exists()
+
+
+# --- walk-forward x seeds: k4-evaluate --------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def small_market(tmp_path_factory):
+    "A 40-ticker, 6-year synthetic market's sequences and answer key: enough history for two walk-forward folds."
+    import k4_nbdev
+    from k4_nbdev.data import synthetic_market, write_store
+    from k4_nbdev.patterns import market_snapshots
+    from k4_nbdev.sequences import build_sequences
+    root = tmp_path_factory.mktemp('evaluate')
+    frames, episodes = synthetic_market(40, 1500, seed=5, with_episodes=True)
+    store = write_store(frames, root / 'ohlcv'); episodes.to_parquet(root / 'episodes.parquet', index=False)
+    _, snapshots = market_snapshots(frames, progress=False)
+    meta = {'stage': 'patterns', 'version': k4_nbdev.__version__, 'input': {'source': str(store), 'fingerprint': fingerprint(store)}}
+    build_sequences(write_table(snapshots, root / 'snapshots.parquet', meta), store, root / 'sequences.parquet', progress=False)
+    return root
+
+
+def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
+    from k4_nbdev.validate import EVALUATION_FILES, evaluate_cli
+    before = fingerprint(small_market / 'sequences.parquet')
+    argv = ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev'), '--folds', '2',
+            '--seeds', '2', '--epochs', '1', '--losses', 'asymmetric', '--truth', str(small_market / 'episodes.parquet')]
+    evaluate_cli(argv)
+    rows = pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[0])
+    assert sorted(rows['model'].unique()) == sorted([ORACLE, 'MambaAttention (asymmetric)', 'LightGBM (window summaries)'])
+    assert len(rows) == 2 * (1 + 2 * 2)                                    # per fold: the oracle, and 2 seeds x 2 models
+    assert (rows[rows['model'] == ORACLE]['seed'] == -1).all() and rows['fold'].tolist() == sorted(rows['fold'])
+    assert rows.groupby('fold')['split_date'].nunique().eq(1).all() and rows['split_date'].nunique() == 2
+    assert rows['k4_pr_auc'].between(0, 1).all()
+    summary = pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[1], header=[0, 1], index_col=0)
+    assert summary.loc[ORACLE, ('k4_pr_auc_share', 'mean')] == pytest.approx(1.0)
+    assert (tmp_path / 'ev' / EVALUATION_FILES[2]).stat().st_size > 10_000
+    assert 'MambaAttention (asymmetric)' in capsys.readouterr().out
+    # --resume keeps every finished row and trains nothing again
+    stamp = (tmp_path / 'ev' / EVALUATION_FILES[0]).read_bytes()
+    evaluate_cli(argv + ['--resume'])
+    assert pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[0]).equals(pd.read_csv(pd.io.common.BytesIO(stamp)))
+    assert fingerprint(small_market / 'sequences.parquet') == before
+
+
+@pytest.mark.parametrize('extra,says', [(['--losses', 'hinge'], '--losses'), (['--folds', '0'], '--folds must be at least 1'),
+                                        (['--k4-weights', '50,x'], '--k4-weights must be comma-separated'),
+                                        (['--folds', '40'], '--folds 40'), (['--model-sizes', 'huge'], '--model-sizes')])
+def test_evaluate_bad_flags_are_one_line(small_market, tmp_path, extra, says):
+    from helpers import exit_of
+    from k4_nbdev.validate import evaluate_cli
+    code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev'),
+                                       '--epochs', '1', *extra])
+    assert code != 0 and says in msg and '\n' not in msg.strip()
+
+
+def test_evaluate_never_writes_into_its_input(small_market):
+    from helpers import exit_of
+    from k4_nbdev.validate import evaluate_cli
+    code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(small_market / 'sequences.parquet')])
+    assert code == 1 and '--output-dir' in msg
