@@ -10,7 +10,8 @@ __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_M
            'wilder_smooth', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs', 'find_patterns',
            'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots', 'market_snapshots',
            'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'frames_fingerprint', 'write_table',
-           'read_metadata', 'load_frames', 'run_patterns', 'build_snapshots', 'bench_calibration', 'patterns_cli']
+           'read_metadata', 'load_frames', 'qualification_summary', 'no_pattern_message', 'run_patterns',
+           'build_snapshots', 'bench_calibration', 'patterns_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
 import hashlib
@@ -441,6 +442,24 @@ def load_frames(ohlcv_store=None, # OHLCV store (folder or long parquet); None: 
                         'market_params': asdict(MarketParams()), 'fingerprint': frames_fingerprint(frames)}
     frames = read_store(ohlcv_store, tickers)
     return frames, {'source': str(ohlcv_store), 'tickers': tickers, 'fingerprint': fingerprint(ohlcv_store)}
+
+def qualification_summary(frames:dict, # ticker -> OHLCV frame
+                         ) -> pd.DataFrame: # per ticker: bars, qualifying bars, longest qualifying run
+    "How close each ticker comes to a pattern: how many bars qualify (DOMAIN §3) and the longest run of them."
+    rows = {}
+    for t, f in frames.items():
+        q = qualifies(indicators(f))
+        rows[t] = {'bars': len(f), 'qualifying bars': int(q.sum()), 'longest qualifying run': int(qualifying_runs(q).max(initial=0))}
+    return pd.DataFrame.from_dict(rows, orient='index', columns=['bars', 'qualifying bars', 'longest qualifying run'])
+
+def no_pattern_message(frames:dict, # ticker -> OHLCV frame
+                       qualifying_days:int=10, # qualifying bars after the start bar
+                      ) -> str: # one line for a stage that found no snapshot at all
+    "Why a market gave no pattern, in one line."
+    q = qualification_summary(frames)
+    return (f"no consolidation pattern in {len(q)} tickers ({q['bars'].sum():,} bars): {q['qualifying bars'].sum():,} bars qualify "
+            f"({100 * q['qualifying bars'].sum() / max(q['bars'].sum(), 1):.1f}%) but the longest run of them is "
+            f"{q['longest qualifying run'].max()} bars and a pattern needs {qualifying_days + 1}; the later stages have nothing to learn from")
 
 def run_patterns(frames:dict, # ticker -> OHLCV frame
                  source:dict, # provenance of `frames` (see `load_frames`)

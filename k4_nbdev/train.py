@@ -215,7 +215,6 @@ def calibration_error(probs:np.ndarray, # class probabilities (N, 6)
     errors = []
     for k in range(probs.shape[1]):
         b = np.minimum((probs[:, k] * bins).astype(int), bins - 1)
-        n = np.bincount(b, minlength=bins)
         gap = np.bincount(b, probs[:, k] - (y == k), minlength=bins)
         errors.append(np.abs(gap).sum() / max(len(y), 1))
     return float(np.mean(errors))
@@ -224,13 +223,14 @@ def fit_calibration(logits:np.ndarray, # raw class scores of the selection slice
                     y:np.ndarray, # their true classes (N,)
                     steps:int=200, # L-BFGS iterations
                    ) -> dict: # {'temperature': T, 'bias': [6 floats]}
-    "Temperature and per-class bias minimising the log-loss of softmax(logits / T + b); bias of class 0 fixed at 0."
+    "Temperature and per-class bias minimising the log-loss of softmax(logits / T + b) (bias of class 0 fixed at 0), with a unit normal prior on log T and b."
     z, t = torch.as_tensor(np.asarray(logits, np.float32)), torch.as_tensor(np.asarray(y), dtype=torch.long)
     log_t, b = torch.zeros(1, requires_grad=True), torch.zeros(z.shape[1] - 1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t, b], lr=0.5, max_iter=steps, line_search_fn='strong_wolfe')
     def nll():
         opt.zero_grad()
         l = torch.nn.functional.cross_entropy(z / log_t.exp() + torch.cat([torch.zeros(1), b]), t)
+        l = l + (log_t.square().sum() + b.square().sum()) / (2 * max(len(t), 1))   # the prior: decisive only on a tiny slice
         l.backward(); return l
     opt.step(nll)
     return {'temperature': log_t.detach().exp().item(), 'bias': [0.0] + b.detach().tolist()}

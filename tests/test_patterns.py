@@ -425,3 +425,15 @@ def test_cli_user_error_exit_status_is_1_without_a_traceback(tmp_path, stores):
     run = subprocess.run([sys.executable, '-c', 'from k4_nbdev.patterns import patterns_cli; patterns_cli()',
                           '--ohlcv', str(stores['long']), '--output', str(stores['long'])], capture_output=True, text=True)
     assert run.returncode == 1 and 'Traceback' not in run.stderr and run.stderr.count('\n') == 1
+
+
+def test_a_market_without_patterns_is_explained_in_one_line():
+    from k4_nbdev.patterns import no_pattern_message, qualification_summary
+    n = 400
+    close = 100 * 1.01 ** np.arange(n)                              # a steady trend: ADX high, nothing compresses
+    trend = pd.DataFrame({'date': pd.bdate_range('2020-01-01', periods=n), 'open': close, 'high': close * 1.02,
+                          'low': close * 0.98, 'close': close, 'volume': 1e6})
+    q = qualification_summary({'T': trend})
+    assert q.loc['T', 'bars'] == n and q.loc['T', 'longest qualifying run'] < 11
+    msg = no_pattern_message({'T': trend})
+    assert msg.startswith('no consolidation pattern in 1 tickers (400 bars)') and 'a pattern needs 11' in msg and '\n' not in msg
