@@ -660,7 +660,7 @@ def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
 
 @pytest.mark.parametrize('extra,says', [(['--losses', 'hinge'], '--losses'), (['--folds', '0'], '--folds must be at least 1'),
                                         (['--k4-weights', '50,x'], '--k4-weights must be comma-separated'),
-                                        (['--folds', '40'], '--folds 40'), (['--model-sizes', 'huge'], '--model-sizes')])
+                                        (['--first-ratio', '1.5'], '--first-ratio must be strictly between 0 and 1'), (['--model-sizes', 'huge'], '--model-sizes')])
 def test_evaluate_bad_flags_are_one_line(small_market, tmp_path, extra, says):
     from helpers import exit_of
     from k4_nbdev.validate import evaluate_cli
