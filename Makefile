@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make run    set up .venv, run the pipeline at quick scale on the synthetic market, build the docs site
 #   make test   set up .venv if needed, check notebooks/package are in sync, nbdev_test, pytest, docs site
+# and, to read and re-run the notebooks:
+#   make lab    set up .venv if needed, add the `notebooks` extra (JupyterLab) if missing, start JupyterLab in nbs/
 # .ci/run calls `make test`.
 
 PYTHON ?= python3
@@ -9,9 +11,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYNC   := find nbs k4_nbdev README.md -type f \( -name '*.ipynb' -o -name '*.py' -o -name '*.md' \) -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum
 
-.PHONY: install run test sync-check browser docs clean
+.PHONY: install run test sync-check browser docs lab clean
 
-# torch is installed first and pinned: pip then takes the CPU wheel instead of a multi-GB CUDA build.
+# torch is installed first and pinned: pip then takes the CPU wheel instead of a multi-GB CUDA build
+# (the package itself accepts torch>=2.3, so pip keeps the torch installed here). The dev extra holds the docs extra's tools.
 $(STAMP): settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -48,6 +51,15 @@ test: sync-check browser
 
 docs: $(STAMP)
 	$(BIN)/k4-docs --run runs/quick
+
+# JupyterLab in nbs/ on the project's .venv (its kernel imports k4_nbdev from the clone). LAB_ARGS: e.g. --no-browser --ip=0.0.0.0
+LAB_ARGS ?=
+lab: $(STAMP)
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || { echo "installing the notebooks extra (JupyterLab)"; \
+	  $(BIN)/python -m pip install --quiet -e ".[notebooks]"; }
+	@echo "Starting JupyterLab in nbs/: open the http://localhost:8888/lab?token=... URL it prints below; Ctrl-C stops it."
+	@echo "Re-run a notebook with other parameters: cd nbs && ../$(BIN)/papermill 05_train.ipynb /tmp/out.ipynb -p epochs 2"
+	cd nbs && $(abspath $(BIN))/jupyter-lab $(LAB_ARGS)
 
 clean:
 	rm -rf _docs _proc _docs_src runs

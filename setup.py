@@ -13,7 +13,8 @@ for key in 'version description repo lib_name min_python license author author_e
 
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 requirements = cfg.get('requirements', '').split()
-extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('dev', 'real', 'cuda')}
+# every NAME_requirements key of settings.ini is the extra NAME (docs, notebooks, dev, real, cuda)
+extras = {key[:-len('_requirements')]: cfg[key].split() for key in cfg if key.endswith('_requirements')}
 scripts = [s.strip() for s in cfg.get('console_scripts', '').splitlines() if s.strip()]
 
 setuptools.setup(

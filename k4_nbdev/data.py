@@ -19,12 +19,13 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from functools import wraps
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from fastcore.docments import docments
@@ -71,7 +72,7 @@ def validate_ohlcv(df:pd.DataFrame, # one ticker's bars with at least OHLCV_COLU
                    ticker:str='?', # ticker named in errors and in the report
                    on_error:str='raise', # 'raise': stop on any violation; 'drop': remove offending rows and report them
                   ) -> tuple: # (clean frame with OHLCV_COLUMNS only, report of dropped rows: ticker,row,date,rule)
-    "Check `df` against the OHLCV schema (DOMAIN §1); raise `OHLCVError` or drop the offending rows with a report."
+    "Check `df` against the OHLCV schema (definitions page: data rules); raise `OHLCVError` or drop the offending rows with a report."
     if on_error not in ('raise', 'drop'): raise ValueError(f"on_error must be 'raise' or 'drop', got {on_error!r}")
     missing = [c for c in OHLCV_COLUMNS if c not in df.columns]
     if missing: raise _frame_error(ticker, 'missing_column', f"missing {missing}; columns present: {list(df.columns)}")
@@ -548,8 +549,7 @@ def build_store(output_dir, # run folder; the store is `{output_dir}/ohlcv`
     truth = Path(output_dir) / TRUTH_FILE
     if episodes is None: truth.unlink(missing_ok=True)  # an answer key must never outlive its market
     else:
-        truth.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(truth) as tmp: episodes.to_parquet(tmp, index=False)
+        with atomic_write(truth) as tmp: episodes.to_parquet(tmp, index=False)   # makes the run folder if need be
     return write_store(frames, Path(output_dir) / 'ohlcv')
 
 # %% ../nbs/00_data.ipynb #fdd32e9c
@@ -640,7 +640,7 @@ USER_ERRORS = (ValueError, KeyError, OSError)   # OHLCVError and UsageError are 
 
 def _flag_kwargs(d) -> dict:
     "argparse keywords of one docmented argument."
-    kw, anno, default = {'help': d.docment or ''}, d.anno, d.default
+    kw, anno, default = {'help': (d.docment or '').replace('%', '%%')}, d.anno, d.default   # argparse formats help with %
     if get_origin(anno) is Literal: kw['choices'] = list(get_args(anno)); anno = type(kw['choices'][0])
     if anno is bool and default is False: return {'help': kw['help'], 'action': 'store_true'}
     if anno in (int, float, str): kw['type'] = anno

@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from nbdev.config import get_config
-from nbdev.serve import proc_nbs
-from playwright.sync_api import sync_playwright
+try:   # the `docs` extra; without it k4-docs ends in one line naming the extra to install
+    from nbdev.config import get_config
+    from nbdev.serve import proc_nbs
+    from playwright.sync_api import sync_playwright
+    import smalldocs
+    _docs_missing = None
+except ImportError as e: _docs_missing = e.name or str(e)
 
 from .data import UsageError, atomic_write, check_outputs, command
 
@@ -222,7 +226,7 @@ def render_readme(nb_path=None, # the README notebook (default: nbs/index.ipynb)
     for cell in nb['cells']:
         src = ''.join(cell['source']).strip()
         if cell['cell_type'] == 'markdown':
-            parts.append(src)
+            parts.append(re.sub(r'\]\((?!https?:|/|#)([^)]+\.ipynb)', r'](nbs/\1', src))   # links between pages, from the repository root
             if not parts[1:]: parts.append(_GENERATED)
         elif cell['cell_type'] == 'code' and src and not re.search(r'^#\|\s*(hide|exporti?)\b', src, re.M):
             code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|'))
@@ -246,6 +250,8 @@ def docs_cli(run:str=None, # pipeline run folder whose executed notebooks are re
              browser:Literal['auto', 'yes', 'no']='auto', # check the site in headless Chromium: yes, no, or auto (when Chromium is installed)
             ):
     "Build the k4_nbdev documentation site (and README.md), check every page, and look at it in a browser."
+    if _docs_missing: sys.exit(f"k4-docs: the docs extra is not installed (no module {_docs_missing!r}): "
+                               "pip install 'k4_nbdev[docs]' (in a clone: pip install -e '.[docs]')")
     if readme:
         print(f"README: {write_readme()}")
         return

@@ -94,14 +94,9 @@ class SelectiveScanFn(torch.autograd.Function):
                 grad_B.transpose(0, 1), grad_C.transpose(0, 1))
 
 # %% ../nbs/03_model.ipynb #def12600
-def selective_scan(u:torch.Tensor, # inputs (B, L, D)
-                   delta:torch.Tensor, # positive step sizes Δ (B, L, D), softplus already applied
-                   A:torch.Tensor, # negative decay rates (D, N)
-                   B:torch.Tensor, # input vectors B_t (B, L, N)
-                   C:torch.Tensor, # output vectors C_t (B, L, N)
-                   D:torch.Tensor, # skip weights (D,)
+def selective_scan(u:torch.Tensor, delta:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor, D:torch.Tensor,
                   )->torch.Tensor: # outputs y (B, L, D), equal to `selective_scan_ref`
-    "Fast selective scan for the CPU: fused recurrence with a hand-written backward; stores no states at inference."
+    "Fast selective scan for the CPU, with the arguments of `selective_scan_ref`: fused recurrence, hand-written backward, no states stored at inference."
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
         y = SelectiveScanFn.apply(u, delta, A, B, C)
     else:

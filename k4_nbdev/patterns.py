@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_MAX', 'RANGE_RATIO_MAX', 'WARMUP_BARS',
-           'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'CLASS_NAMES', 'K4',
-           'REFERENCE_SHARES', 'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS',
-           'CALIBRATION_TARGETS', 'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'bbw_percentile',
-           'wilder_smooth', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs', 'find_patterns',
-           'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots', 'market_snapshots',
-           'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'frames_fingerprint', 'write_table',
-           'read_metadata', 'load_frames', 'qualification_summary', 'no_pattern_message', 'run_patterns',
-           'build_snapshots', 'bench_calibration', 'patterns_cli']
+           'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'REFERENCE_SHARES',
+           'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS', 'CALIBRATION_TARGETS',
+           'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'trailing_rank', 'bbw_percentile',
+           'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs',
+           'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots',
+           'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix',
+           'frames_fingerprint', 'write_table', 'read_metadata', 'load_frames', 'qualification_summary',
+           'no_pattern_message', 'run_patterns', 'build_snapshots', 'bench_calibration', 'patterns_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
 import hashlib
@@ -32,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 import k4_nbdev
+from .definitions import CLASS_NAMES, K4, K5
 from .data import (OHLCVError, MarketParams, SCALES, TRUTH_FILE, UsageError, atomic_write, check_flag, check_outputs,
                            command, episode_truth, fingerprint, list_tickers, load_source, read_store, synthetic_market,
                            validate_ohlcv)
@@ -48,8 +49,6 @@ MAX_PATTERN_DAYS = 90       # TIMEOUT once the pattern is more than 90 trading d
 LABEL_WINDOW = 100          # a label looks at bars t+1 ... t+100
 BREACH_FACTOR = 0.90        # K5 when a low reaches 90% of the lower boundary (10% grace)
 GAIN_THRESHOLDS = (0.05, 0.15, 0.35, 0.75)  # gain from the upper boundary reaching K1, K2, K3, K4
-CLASS_NAMES = ['K0_STAGNANT', 'K1_MINIMAL', 'K2_QUALITY', 'K3_STRONG', 'K4_EXCEPTIONAL', 'K5_FAILED']
-K4 = CLASS_NAMES.index('K4_EXCEPTIONAL')  # the class the whole project is about
 REFERENCE_SHARES = {'K0_STAGNANT': 45.7, 'K1_MINIMAL': 29.1, 'K2_QUALITY': 8.0,
                     'K3_STRONG': 1.0, 'K4_EXCEPTIONAL': 0.4, 'K5_FAILED': 15.9}  # % of 116,712 reference snapshots
 
@@ -86,16 +85,22 @@ def bollinger_width(close:np.ndarray, # closes of one ticker
     "Bollinger-band width in percent of the middle band."
     return 100 * 2 * k * rolling_std(close, n) / rolling_mean(close, n)
 
+def trailing_rank(x:np.ndarray, # values along the last axis, oldest first
+                  n:int, # window length (today included)
+                 ) -> np.ndarray: # fraction of the last n values strictly below today's; NaN unless all n are defined
+    "Percentile rank of each value among the `n` values ending at it, along the last axis."
+    out = np.full(x.shape, np.nan)
+    if x.shape[-1] < n: return out
+    w = sliding_window_view(x, n, axis=-1)
+    rank = (w < w[..., -1:]).sum(axis=-1) / n
+    out[..., n - 1:] = np.where(np.isnan(w).any(axis=-1), np.nan, rank)
+    return out
+
 def bbw_percentile(bbw:np.ndarray, # `bollinger_width` of one ticker (NaN during its warm-up)
                    n:int=100, # look-back in bars, today included
                   ) -> np.ndarray: # fraction of the last n values strictly below today's; NaN until n are defined
     "Percentile rank of today's band width among the last `n` widths (low = compressed)."
-    out = np.full(len(bbw), np.nan)
-    first = int(np.argmax(~np.isnan(bbw))) if (~np.isnan(bbw)).any() else len(bbw)
-    if len(bbw) - first >= n:
-        w = sliding_window_view(bbw[first:], n)
-        out[first + n - 1:] = (w < w[:, -1:]).sum(axis=1) / n
-    return out
+    return trailing_rank(bbw, n)
 
 # %% ../nbs/01_patterns.ipynb #eb8b4904
 def wilder_smooth(x:np.ndarray, # inputs of the recursion
@@ -118,6 +123,14 @@ def wilder_smooth(x:np.ndarray, # inputs of the recursion
         y = values[-1]
     return out
 
+def true_range(high:np.ndarray, # highs of one ticker
+               low:np.ndarray, # lows
+               close:np.ndarray, # closes
+              ) -> np.ndarray: # true range per bar; NaN on the first (it has no previous close)
+    "Wilder's true range: the bar's high-low range stretched to include the previous close."
+    prev = np.r_[np.nan, close[:-1]]
+    return np.maximum(high, prev) - np.minimum(low, prev)
+
 def adx(high:np.ndarray, # highs of one ticker
         low:np.ndarray, # lows
         close:np.ndarray, # closes
@@ -129,7 +142,7 @@ def adx(high:np.ndarray, # highs of one ticker
     up, down = np.diff(high), -np.diff(low)
     plus_dm = np.where((up > 0) & (up > down), up, 0.0)
     minus_dm = np.where((down > 0) & (down > up), down, 0.0)
-    tr = np.maximum(high[1:], close[:-1]) - np.minimum(low[1:], close[:-1])
+    tr = true_range(high, low, close)[1:]
     smooth = lambda v: wilder_smooth(v, n, n - 2, v[:n - 1].sum())  # index i of these arrays is bar i+1
     s_tr = smooth(tr)
     plus_di, minus_di = safe_ratio(100 * smooth(plus_dm), s_tr), safe_ratio(100 * smooth(minus_dm), s_tr)
@@ -140,7 +153,7 @@ def adx(high:np.ndarray, # highs of one ticker
 # %% ../nbs/01_patterns.ipynb #22c2422a
 def indicators(df:pd.DataFrame, # one ticker's OHLCV (validated, oldest first)
               ) -> pd.DataFrame: # INDICATOR_COLUMNS on the same rows; NaN during warm-up
-    "The five consolidation indicators of DOMAIN §2 for one ticker."
+    "The five consolidation indicators (definitions page: indicators) for one ticker."
     h, l, c, v = (df[k].to_numpy(dtype=float) for k in ('high', 'low', 'close', 'volume'))
     bbw = bollinger_width(c)
     return pd.DataFrame({'bbw_20': bbw, 'bbw_percentile': bbw_percentile(bbw), 'adx_14': adx(h, l, c),
@@ -150,7 +163,7 @@ def indicators(df:pd.DataFrame, # one ticker's OHLCV (validated, oldest first)
 # %% ../nbs/01_patterns.ipynb #5bd07f56
 def qualifies(ind:pd.DataFrame, # output of `indicators`
              ) -> np.ndarray: # boolean per bar
-    "DOMAIN §3 qualification: bbw_percentile < 0.30 and at least 2 of ADX < 32, volume ratio < 0.35, range ratio < 0.65."
+    "Qualification (definitions page: the consolidation state machine): bbw_percentile < 0.30 and at least 2 of ADX < 32, volume ratio < 0.35, range ratio < 0.65."
     votes = ((ind['adx_14'] < ADX_MAX).astype(int) + (ind['volume_ratio_20'] < VOLUME_RATIO_MAX).astype(int)
              + (ind['range_ratio'] < RANGE_RATIO_MAX).astype(int))
     return ((ind['bbw_percentile'] < BBW_PERCENTILE_MAX) & (votes >= 2)).to_numpy()
@@ -180,7 +193,7 @@ def find_patterns(df:pd.DataFrame, # one ticker's OHLCV (oldest first)
                   ticker:str='?', # ticker name used in `pattern_id`
                   qualifying_days:int=10, # further qualifying bars needed after the start bar
                  ) -> pd.DataFrame: # one row per pattern (PATTERN_COLUMNS), in time order
-    "Run the DOMAIN §3 state machine over one ticker."
+    "Run the state machine (definitions page: the consolidation state machine) over one ticker."
     if not 1 <= qualifying_days < MAX_PATTERN_DAYS:
         raise ValueError(f"qualifying_days must be between 1 and {MAX_PATTERN_DAYS - 1}, got {qualifying_days}")
     dates = df['date'].to_numpy()
@@ -247,7 +260,7 @@ def race_labels(high:np.ndarray, # (snapshots, 100) highs of the label windows
                 upper:np.ndarray, # upper boundary per snapshot
                 lower:np.ndarray, # lower boundary per snapshot
                ) -> dict: # outcome_class, max_gain_pct, max_loss_pct, breach_day (NaN: none), days_to_max_gain
-    "The DOMAIN §4 race for complete windows, vectorised over snapshots."
+    "The race (definitions page: race labels) for complete windows, vectorised over snapshots."
     gain = (high - upper[:, None]) / upper[:, None]
     level = sum((gain >= g).astype(np.int64) for g in GAIN_THRESHOLDS)
     breach = low <= BREACH_FACTOR * lower[:, None]
@@ -445,7 +458,7 @@ def load_frames(ohlcv_store=None, # OHLCV store (folder or long parquet); None: 
 
 def qualification_summary(frames:dict, # ticker -> OHLCV frame
                          ) -> pd.DataFrame: # per ticker: bars, qualifying bars, longest qualifying run
-    "How close each ticker comes to a pattern: how many bars qualify (DOMAIN §3) and the longest run of them."
+    "How close each ticker comes to a pattern: how many bars qualify (definitions page: the consolidation state machine) and the longest run of them."
     rows = {}
     for t, f in frames.items():
         q = qualifies(indicators(f))
@@ -517,7 +530,7 @@ def bench_calibration(snapshots:pd.DataFrame, # labelled snapshots of a syntheti
     k4 = y == K4
     found = truth.loc[truth['episode'] >= 0, 'episode'].nunique()
     m = {'K0+K1 % of labelled': share(0, 1), 'K2 % of labelled': share(2), 'K3 % of labelled': share(3),
-         'K4 % of labelled': share(K4), 'K5 % of labelled': share(5),
+         'K4 % of labelled': share(K4), 'K5 % of labelled': share(K5),
          'K4 snapshots in up-move episodes %': 100 * (truth['breaks_up'][k4] == 1).mean() if k4.any() else np.nan,
          'episodes with a snapshot %': 100 * found / max(len(episodes), 1),
          'snapshots inside an episode %': 100 * (truth['episode'] >= 0).mean()}

@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['FEATURES', 'PATTERN_FEATURES', 'BAR_FEATURES', 'EBP_WINDOW', 'DATE_COLUMNS', 'VALUE_COLUMNS', 'PROBLEM_COLUMNS',
            'META_COLUMNS', 'AUDIT_COLUMNS', 'KEY_FEATURES', 'shift', 'rolling_apply', 'rolling_median', 'rolling_slope',
-           'trailing_rank', 'bars_since', 'bar_features', 'SequenceInputError', 'TemporalIntegrityError',
-           'require_columns', 'check_snapshots', 'describe_problems', 'pattern_positions', 'window_features',
-           'finalize', 'ticker_sequences', 'iter_sequences', 'empty_sequences', 'market_sequences', 'NonFiniteError',
+           'bars_since', 'core_features', 'cci_features', 'var_features', 'nes_features', 'lpf_features',
+           'derived_features', 'bar_features', 'SequenceInputError', 'TemporalIntegrityError', 'require_columns',
+           'check_snapshots', 'describe_problems', 'pattern_positions', 'window_features', 'finalize',
+           'ticker_sequences', 'iter_sequences', 'empty_sequences', 'market_sequences', 'NonFiniteError',
            'check_finite', 'validate_sequences', 'sequence_schema', 'sequence_table', 'write_sequences',
            'read_sequences', 'audit_sequences', 'recorded_fingerprint', 'input_mismatch', 'build_sequences',
-           'demo_inputs', 'build_sequences_cli', 'plot_sequence', 'plot_class_distributions']
+           'build_sequences_cli', 'plot_sequence', 'plot_class_distributions']
 
 # %% ../nbs/02_sequences.ipynb #8b648bd4
 import json
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 import k4_nbdev
 from .data import (OHLCVError, SCALES, atomic_write, check_flag, check_outputs, command, fingerprint, list_tickers,
                            read_store, synthetic_market, write_store)
-from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, bbw_percentile, frames_fingerprint,
+from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range,
                                indicators, market_snapshots, read_metadata, rolling_mean, rolling_std, safe_ratio,
                                valid_channel, write_table)
 
@@ -95,17 +96,6 @@ def rolling_slope(x:np.ndarray, # values of one ticker, oldest first
     k = np.arange(n) - (n - 1) / 2
     return rolling_apply(x, n, lambda w, axis: (w * (k / (k * k).sum())).sum(axis=axis))
 
-def trailing_rank(x:np.ndarray, # values along the last axis, oldest first
-                  n:int, # window length (today included)
-                 ) -> np.ndarray: # fraction of the last n values strictly below today's; NaN unless all n are defined
-    "Percentile rank of each value among the `n` values ending at it, along the last axis."
-    out = np.full(x.shape, np.nan)
-    if x.shape[-1] < n: return out
-    w = sliding_window_view(x, n, axis=-1)
-    rank = (w < w[..., -1:]).sum(axis=-1) / n
-    out[..., n - 1:] = np.where(np.isnan(w).any(axis=-1), np.nan, rank)
-    return out
-
 def bars_since(event:np.ndarray, # 1.0 where the event happened, 0.0 where not, NaN where undefined
                n:int, # look-back window (today included)
               ) -> np.ndarray: # bars since the latest event in the last n bars (0: today), n if none; NaN if any undefined
@@ -117,16 +107,11 @@ def bars_since(event:np.ndarray, # 1.0 where the event happened, 0.0 where not, 
     return np.where(np.isnan(rolling_apply(event, n, np.sum)), np.nan, age)
 
 # %% ../nbs/02_sequences.ipynb #fdc11517
-def bar_features(df:pd.DataFrame, # one ticker's validated OHLCV, oldest first
-                ) -> pd.DataFrame: # BAR_FEATURES on the same rows; NaN where a window is not yet full
-    "The 50 bar-level features of DOMAIN §6 for a whole ticker history, each from bars <= t only."
-    h, l, c, v = (df[k].to_numpy(dtype=float) for k in ('high', 'low', 'close', 'volume'))
-    ind = indicators(df)
-    bbw, adx_ = ind['bbw_20'].to_numpy(), ind['adx_14'].to_numpy()
-    volume_ratio = ind['volume_ratio_20'].to_numpy()
-    r = c / shift(c, 1) - 1
-    mean_v = {n: rolling_mean(v, n) for n in (5, 10, 20, 50, 250)}
-    std_r = {w: rolling_std(r, w) for w in (5, 10, 20)}
+def core_features(h, l, c, v, # the bars' highs, lows, closes, volumes
+                  ind:pd.DataFrame, # `indicators` of the same bars
+                 ) -> dict: # name -> values: the bar, its indicators, their baselines, compression ratios, slopes, quality
+    "The bar and its indicators, their baselines over bars t-49 … t-20, the compression ratios, slopes and quality score."
+    bbw, adx_, volume_ratio = ind['bbw_20'].to_numpy(), ind['adx_14'].to_numpy(), ind['volume_ratio_20'].to_numpy()
     baseline = lambda x: shift(rolling_mean(x, 30), 20)            # mean over bars t-49 ... t-20
     f = {'current_price': c, 'current_high': h, 'current_low': l, 'current_volume': v, 'current_bbw_20': bbw,
          'current_bbw_percentile': ind['bbw_percentile'].to_numpy(), 'current_adx': adx_,
@@ -140,51 +125,73 @@ def bar_features(df:pd.DataFrame, # one ticker's validated OHLCV, oldest first
     f['consolidation_quality_score'] = 0.33 * ((1 - np.clip(f['bbw_compression_ratio'], 0, 1))
                                                + (1 - np.clip(f['volume_compression_ratio'] / 2, 0, 1))
                                                + (1 - np.clip(adx_ / 50, 0, 1)))
-    # CCI: compression of band width and true range, and how long the width has stayed below its median
-    tr = np.maximum(h, shift(c, 1)) - np.minimum(l, shift(c, 1))
-    f['cci_bbw_compression'] = np.clip(1 - safe_ratio(bbw, rolling_apply(bbw, 60, np.max)), 0, 1)
-    f['cci_atr_compression'] = np.clip(1 - safe_ratio(rolling_mean(tr, 20), rolling_mean(tr, 60)), 0, 1)
+    return f
+
+def cci_features(h, l, c, bbw) -> dict:
+    "CCI: compression of band width and true range, and how long the width has stayed below its 60-bar median."
+    tr = true_range(h, l, c)
+    f = {'cci_bbw_compression': np.clip(1 - safe_ratio(bbw, rolling_apply(bbw, 60, np.max)), 0, 1),
+         'cci_atr_compression': np.clip(1 - safe_ratio(rolling_mean(tr, 20), rolling_mean(tr, 60)), 0, 1)}
     median60 = rolling_median(bbw, 60)
     below = bbw < median60
     idx = np.arange(len(c))
     run = idx - np.maximum.accumulate(np.where(below, -1, idx))   # consecutive `below` bars ending at t
     f['cci_days_factor'] = np.where(np.isnan(median60), np.nan, np.minimum(2, np.sqrt(run / 20)))
     f['cci_score'] = f['cci_bbw_compression'] * f['cci_atr_compression'] * f['cci_days_factor']
-    # VAR: up-volume against down-volume
+    return f
+
+def var_features(v, r) -> dict:
+    "VAR: volume on up days against volume on down days over 20 bars, and that ratio against its own 20-bar mean."
     up, down = rolling_apply(v * np.maximum(r, 0), 20, np.sum), rolling_apply(v * np.maximum(-r, 0), 20, np.sum)
-    f['var_raw'] = safe_ratio(up, down)
-    f['var_score'] = np.clip(safe_ratio(f['var_raw'], rolling_mean(f['var_raw'], 20)), 0.5, 3)
-    # NES: quiet money, volatility energy against its own history, momentum surprise
-    quiet = np.clip(1 - np.minimum(2, safe_ratio(v, mean_v[250])), 0, 1) * c * v
-    f['nes_inactive_mass'] = trailing_rank(quiet, 100)
-    energy = [safe_ratio(s, rolling_median(s, 250)) for s in std_r.values()]
-    f['nes_wavelet_energy'] = np.mean(energy, axis=0)
+    raw = safe_ratio(up, down)
+    return {'var_raw': raw, 'var_score': np.clip(safe_ratio(raw, rolling_mean(raw, 20)), 0.5, 3)}
+
+def nes_features(c, v, r) -> dict:
+    "NES: quiet money, volatility energy against its own history, and the momentum surprise."
+    quiet = np.clip(1 - np.minimum(2, safe_ratio(v, rolling_mean(v, 250))), 0, 1) * c * v
+    energy = [safe_ratio(s, rolling_median(s, 250)) for s in (rolling_std(r, w) for w in (5, 10, 20))]
     momentum = c / shift(c, 20) - 1
-    f['nes_rsa_proxy'] = np.clip(safe_ratio(momentum - rolling_mean(momentum, 100), rolling_std(momentum, 100)), -3, 3)
+    f = {'nes_inactive_mass': trailing_rank(quiet, 100), 'nes_wavelet_energy': np.mean(energy, axis=0),
+         'nes_rsa_proxy': np.clip(safe_ratio(momentum - rolling_mean(momentum, 100), rolling_std(momentum, 100)), -3, 3)}
     f['nes_score'] = (np.clip(f['nes_inactive_mass'], 1e-10, 1) ** 0.3 * np.clip(f['nes_wavelet_energy'], 0.1, 10) ** 0.4
                       * np.clip(1 + f['nes_rsa_proxy'], 0.1, 10) ** 0.3)
-    # LPF: where the close sits in the bar, and short-term volume against longer means
-    f['lpf_bid_pressure'] = rolling_mean(safe_ratio(c - l, h - l), 5)
-    f['lpf_volume_pressure'] = safe_ratio(mean_v[5], mean_v[50])
-    f['lpf_fta_proxy'] = np.clip(safe_ratio(mean_v[5] - mean_v[20], mean_v[20]), -1, 3)
+    return f
+
+def lpf_features(h, l, c, v) -> dict:
+    "LPF: where the close sits in the bar, and short-term volume against longer means."
+    mean_v = {n: rolling_mean(v, n) for n in (5, 20, 50)}
+    f = {'lpf_bid_pressure': rolling_mean(safe_ratio(c - l, h - l), 5), 'lpf_volume_pressure': safe_ratio(mean_v[5], mean_v[50]),
+         'lpf_fta_proxy': np.clip(safe_ratio(mean_v[5] - mean_v[20], mean_v[20]), -1, 3)}
     f['lpf_score'] = f['lpf_bid_pressure'] * f['lpf_volume_pressure'] * (1 + f['lpf_fta_proxy'])
-    # derived
-    prior_volume = shift(mean_v[20], 1)                              # mean of the previous 20 volumes
+    return f
+
+def derived_features(h, l, c, v, r, bbw) -> dict:
+    "Ranges, volatility, volume trend and spikes, moving averages, momentum, and the timing of band-width lows and volume spikes."
+    prior_volume = shift(rolling_mean(v, 20), 1)                      # mean of the previous 20 volumes
     spike = np.where(np.isnan(prior_volume), np.nan, v > 2 * prior_volume)
     tp = (h + l + c) / 3
     bbw_change = bbw - shift(bbw, 1)
     ma = {n: rolling_mean(c, n) for n in (5, 10, 20)}
-    f.update({'avg_range_20d': rolling_mean(h - l, 20), 'bbw_std_20d': rolling_std(bbw, 20),
-              'price_volatility_20d': std_r[20],
-              'volume_trend_10d': safe_ratio(rolling_slope(v, 10), mean_v[10]),
-              'volume_spike': safe_ratio(v, prior_volume), 'volume_vs_50d': safe_ratio(v, mean_v[50]),
-              'daily_volatility': (h - l) / c, 'high_low_spread': (h - l) / c, 'close_vs_vwap': (c - tp) / tp,
-              'ma_5': ma[5], 'ma_10': ma[10], 'ma_20': ma[20], 'price_vs_ma5': c / ma[5] - 1,
-              'price_vs_ma20': c / ma[20] - 1, 'price_momentum_20d': momentum,
-              'days_since_bbw_low': rolling_apply(bbw, 60, lambda w, axis: np.where(
-                  np.isnan(w).any(axis=axis), np.nan, w[:, ::-1].argmin(axis=axis))),
-              'days_since_volume_spike': bars_since(spike, 60),
-              'bbw_acceleration': rolling_mean(bbw_change - shift(bbw_change, 1), 3)})
+    return {'avg_range_20d': rolling_mean(h - l, 20), 'bbw_std_20d': rolling_std(bbw, 20),
+            'price_volatility_20d': rolling_std(r, 20),
+            'volume_trend_10d': safe_ratio(rolling_slope(v, 10), rolling_mean(v, 10)),
+            'volume_spike': safe_ratio(v, prior_volume), 'volume_vs_50d': safe_ratio(v, rolling_mean(v, 50)),
+            'daily_volatility': (h - l) / c, 'high_low_spread': (h - l) / c, 'close_vs_vwap': (c - tp) / tp,
+            'ma_5': ma[5], 'ma_10': ma[10], 'ma_20': ma[20], 'price_vs_ma5': c / ma[5] - 1,
+            'price_vs_ma20': c / ma[20] - 1, 'price_momentum_20d': c / shift(c, 20) - 1,
+            'days_since_bbw_low': rolling_apply(bbw, 60, lambda w, axis: np.where(
+                np.isnan(w).any(axis=axis), np.nan, w[:, ::-1].argmin(axis=axis))),
+            'days_since_volume_spike': bars_since(spike, 60),
+            'bbw_acceleration': rolling_mean(bbw_change - shift(bbw_change, 1), 3)}
+
+def bar_features(df:pd.DataFrame, # one ticker's validated OHLCV, oldest first
+                ) -> pd.DataFrame: # BAR_FEATURES on the same rows; NaN where a window is not yet full
+    "The 50 bar-level features for a whole ticker history, each from bars <= t only: the core, EBP and derived families."
+    h, l, c, v = (df[k].to_numpy(dtype=float) for k in ('high', 'low', 'close', 'volume'))
+    ind = indicators(df)
+    bbw, r = ind['bbw_20'].to_numpy(), c / shift(c, 1) - 1
+    f = {**core_features(h, l, c, v, ind), **cci_features(h, l, c, bbw), **var_features(v, r), **nes_features(c, v, r),
+         **lpf_features(h, l, c, v), **derived_features(h, l, c, v, r, bbw)}
     return pd.DataFrame(f, index=df.index)[BAR_FEATURES]
 
 # %% ../nbs/02_sequences.ipynb #da540b50
@@ -592,18 +599,6 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
                              sequence_length, validate)
     except NonFiniteError as e: raise NonFiniteError(f"{e} (inputs: {snapshots_path}, {ohlcv_store})") from None
     return {'n_sequences': n, 'skipped': skipped, 'seconds': time.perf_counter() - t0, 'output': str(output)}
-
-def demo_inputs(folder, # where to write `ohlcv/` and `snapshots.parquet`
-                scale:str='tiny', # synthetic preset (a key of `SCALES`)
-                seed:int=0, # seed of the synthetic market
-               ) -> tuple: # (snapshots path, store path)
-    "A small self-consistent input for this stage: a synthetic store and its snapshots."
-    folder = Path(folder)
-    frames = synthetic_market(**SCALES[scale], seed=seed)
-    store = write_store(frames, folder / 'ohlcv')
-    _, snapshots = market_snapshots(frames, progress=False)
-    meta = {'stage': 'patterns', 'version': k4_nbdev.__version__, 'input': {'source': str(store), 'fingerprint': fingerprint(store)}}
-    return write_table(snapshots, folder / 'snapshots.parquet', meta), store
 
 # %% ../nbs/02_sequences.ipynb #4128c0a9
 @command('k4-build-sequences')

@@ -5,23 +5,23 @@
 # %% auto #0
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
-           'KEY', 'VALUES', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'ORACLE',
+           'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'ORACLE',
            'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES',
            'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT',
            'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES',
            'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows', 'check', 'grade',
-           'date_halves', 'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
-           'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
-           'per_class_table', 'confusion_matrix', 'calibration_table', 'pr_curve', 'signal_quality', 'performance',
-           'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics', 'pattern_resamples',
-           'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model', 'model_scores', 'quality_table',
-           'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve', 'max_drawdown',
-           'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration', 'plot_k4_pr',
-           'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks',
-           'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'strong_section', 'backtest_section',
-           'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'check_finite',
-           'check_provenance', 'validate', 'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary',
-           'summary_display', 'plot_evaluation', 'evaluate_cli']
+           'date_halves', 'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check',
+           'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
+           'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table', 'pr_curve',
+           'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics',
+           'pattern_resamples', 'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model', 'model_scores',
+           'quality_table', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
+           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
+           'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
+           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'strong_section',
+           'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report',
+           'pq_metadata', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
+           'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -39,13 +39,15 @@ import pandas as pd
 import k4_nbdev
 from .data import (TRUTH_COLUMNS, TRUTH_FILE, UsageError, atomic_write, check_flag, check_outputs, command, episode_truth,
                           fingerprint, read_store)
-from .loss import CLASS_NAMES, K4, LOSSES, STRATEGIC_VALUES
+from .definitions import AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES, expected_value
+from .loss import LOSSES
 from .model import MODEL_SIZES
 from .patterns import read_metadata
-from .predict import PROB_COLUMNS, SIGNAL_COLORS, SIGNALS, demo_run, predict
+from .predict import SIGNAL_COLORS, predict
 from .sequences import audit_sequences, bar_features, read_sequences
-from .train import (K4_WEIGHT, SplitError, average_precision, check_settings, checkpoint_probs, classification_metrics, expected_value, fit_model,
-                            fold_data, lightgbm_baseline, load_checkpoint, load_training_data, rank_order, walk_forward_folds)
+from .scoring import load_checkpoint
+from .train import (RECIPE, SplitError, average_precision, check_settings, checkpoint_probs, classification_metrics,
+                            fit_model, fold_data, lightgbm_baseline, load_training_data, per_class_table, rank_order, walk_forward_folds)
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -98,6 +100,15 @@ def date_halves(dates:pd.Series, # snapshot dates
     median = dates.median()
     return (dates < median).to_numpy(), (dates >= median).to_numpy()
 
+def halves_or_unknown(test:int, # test number
+                      name:str, # test name
+                      scored:pd.DataFrame, # scored rows
+                     ) -> tuple: # (past, recent, None), or (past, recent, the UNKNOWN result) when all rows share one date
+    "The two halves a drift test compares, or the reason it cannot compare them."
+    past, recent = date_halves(scored['snapshot_date'])
+    if past.any() and recent.any(): return past, recent, None
+    return past, recent, check(test, name, UNKNOWN, {'Rows': len(scored)}, 'all scored rows share one date: there are no halves to compare')
+
 # %% ../nbs/07_validate.ipynb #c7df0c4c
 def temporal_sequence_check(preds:pd.DataFrame, # predictions with `sequence_dates` and `snapshot_date`
                            ) -> dict: # test 1
@@ -123,9 +134,8 @@ def future_contamination_check(scored:pd.DataFrame, # scored rows
                               ) -> dict: # test 2
     "Test 2: accuracy on the older half minus the recent half must not exceed 0.15."
     name = 'Future Contamination Check'
-    past, recent = date_halves(scored['snapshot_date'])
-    if not past.any() or not recent.any():
-        return check(2, name, UNKNOWN, {'Rows': len(scored)}, 'all scored rows share one date: there are no halves to compare')
+    past, recent, unknown = halves_or_unknown(2, name, scored)
+    if unknown: return unknown
     hit = (scored['predicted_class'].to_numpy() == scored['outcome_class'].to_numpy(dtype=int))
     gap = float(hit[past].mean() - hit[recent].mean())
     return check(2, name, PASS if gap <= CONTAMINATION_MAX else FAIL,
@@ -183,11 +193,9 @@ def class_shares(y:np.ndarray, # true classes
 def class_drift_check(scored:pd.DataFrame, # scored rows
                      ) -> dict: # test 5
     "Test 5: KL divergence of the recent half's class shares from the older half's must not exceed 0.5."
-    name = 'Class Distribution Drift'
-    past, recent = date_halves(scored['snapshot_date'])
-    if not past.any() or not recent.any():
-        return check(5, name, UNKNOWN, {'Rows': len(scored)}, 'all scored rows share one date: there are no halves to compare')
-    y = scored['outcome_class'].to_numpy(dtype=int)
+    y, name = scored['outcome_class'].to_numpy(dtype=int), 'Class Distribution Drift'
+    past, recent, unknown = halves_or_unknown(5, name, scored)
+    if unknown: return unknown
     early, late = class_shares(y[past]), class_shares(y[recent])
     kl = float(np.sum(late * np.log((late + 1e-10) / (early + 1e-10))))
     fmt = lambda s: ', '.join(f'K{k} {100 * v:.1f}%' for k, v in enumerate(s) if v > 1e-9)
@@ -251,19 +259,6 @@ def split_purge_check(preds:pd.DataFrame, # all predictions
     return check(7, name, FAIL if problems else PASS, details, '; '.join(problems))
 
 # %% ../nbs/07_validate.ipynb #85bf6685
-def per_class_table(y:np.ndarray, # true classes
-                    pred:np.ndarray, # predicted classes
-                   ) -> pd.DataFrame: # precision, recall, f1, support per class; NaN where undefined
-    "Per-class precision, recall, F1 and support."
-    rows = []
-    for k in range(len(CLASS_NAMES)):
-        tp, support, called = int(((pred == k) & (y == k)).sum()), int((y == k).sum()), int((pred == k).sum())
-        p = tp / called if called else float('nan')
-        r = tp / support if support else float('nan')
-        f1 = 2 * p * r / (p + r) if p + r > 0 else (0.0 if p == 0 or r == 0 else float('nan'))
-        rows.append({'precision': p, 'recall': r, 'f1': f1, 'support': support})
-    return pd.DataFrame(rows, index=CLASS_NAMES)
-
 def confusion_matrix(y:np.ndarray, # true classes
                      pred:np.ndarray, # predicted classes
                     ) -> np.ndarray: # (6, 6) counts, rows = true class, columns = predicted class
@@ -295,8 +290,6 @@ def pr_curve(scores:np.ndarray, # score per row, higher = more likely positive
     return tp / max(hits.sum(), 1), tp / np.arange(1, len(hits) + 1)
 
 # %% ../nbs/07_validate.ipynb #8436b66d
-VALUES = np.array(STRATEGIC_VALUES)
-
 def signal_quality(scored:pd.DataFrame, # scored rows
                   ) -> pd.DataFrame: # per signal: count, share, k4_rate, k3k4_rate, mean_value, correct_avoidance
     "How each signal's patterns actually ended."
@@ -306,8 +299,8 @@ def signal_quality(scored:pd.DataFrame, # scored rows
         m = (scored['signal'] == s).to_numpy()
         rate = lambda hit: float(hit[m].mean()) if m.any() else float('nan')
         rows[s] = {'count': int(m.sum()), 'share': float(m.mean()), 'k4_rate': rate(y == K4),
-                   'k3k4_rate': rate(np.isin(y, [3, K4])), 'mean_value': rate(VALUES[y]),
-                   'correct_avoidance': rate(np.isin(y, [0, 5])) if s == 'AVOID' else float('nan')}
+                   'k3k4_rate': rate(np.isin(y, STRONG_CLASSES)), 'mean_value': rate(VALUES[y]),
+                   'correct_avoidance': rate(np.isin(y, AVOIDED_CLASSES)) if s == 'AVOID' else float('nan')}
     return pd.DataFrame(rows).T.astype({'count': 'int64'})
 
 def performance(scored:pd.DataFrame, # scored rows
@@ -508,8 +501,8 @@ def quality_table(y:np.ndarray, # true class per row
     return table
 
 # %% ../nbs/07_validate.ipynb #6e9d2d71
-HOLD_BARS = 100     # bars a trade is held at most: the label window t+1 … t+100 (DOMAIN §4)
-STOP_LEVEL = 0.90   # the stop as a multiple of the pattern's lower boundary: the K5 level (DOMAIN §4)
+HOLD_BARS = 100     # bars a trade is held at most: the label window t+1 … t+100 (definitions page: race labels)
+STOP_LEVEL = 0.90   # the stop as a multiple of the pattern's lower boundary: the K5 level (definitions page: race labels)
 TRADE_COLUMNS = ['entry_date', 'entry_price', 'exit_date', 'exit_price', 'return', 'reason', 'bars_held']
 
 def simulate_trade(bars:pd.DataFrame, # one ticker's OHLCV, oldest first
@@ -1106,7 +1099,7 @@ def evaluation_variants(losses:list=('asymmetric', 'cross_entropy', 'focal'), # 
     variants = {f'MambaAttention ({loss})': {**recipe, 'loss': loss} for loss in losses}
     variants |= {f'MambaAttention (asymmetric, K4 weight {w:g})': {**recipe, 'loss': 'asymmetric', 'k4_weight': float(w)} for w in k4_weights}
     variants |= {f'MambaAttention (asymmetric, {size})': {**recipe, 'loss': 'asymmetric', 'model_size': size} for size in model_sizes}
-    return variants | ({LIGHTGBM: {'k4_weight': float(recipe.get('k4_weight', K4_WEIGHT))}} if lightgbm else {})
+    return variants | ({LIGHTGBM: {'k4_weight': float(recipe.get('k4_weight', RECIPE.k4_weight))}} if lightgbm else {})
 
 def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (from `load_training_data`)
                  variants:dict, # from `evaluation_variants`
@@ -1115,7 +1108,7 @@ def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (
                  seeds:list=(0, 1, 2), # training seeds
                  episodes:pd.DataFrame=None, # the answer key: adds the oracle on every fold; None: no ceiling
                  first_ratio:float=0.5, # date quantile where the first validation block starts
-                 inner_ratio:float=0.8, # selection slice of each fold's training period
+                 inner_ratio:float=RECIPE.inner_ratio, # selection slice of each fold's training period
                  done:pd.DataFrame=None, # rows of an interrupted evaluation to keep (their fold, seed, model are skipped)
                  on_row=None, # called with the results so far after each model (e.g. to save them)
                 ) -> pd.DataFrame: # one row per fold x seed x model: fold, seed, model, split_date, n_val, n_k4, seconds, EVALUATION_METRICS
@@ -1208,11 +1201,11 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
                  k4_weights:str='', # extra asymmetric runs with these K4 weights, comma-separated (e.g. 50,200,500,2000)
                  model_sizes:str='', # extra asymmetric runs with these model sizes, comma-separated (e.g. small,base)
                  no_lightgbm:bool=False, # leave out the LightGBM window baseline
-                 model_size:Literal[tuple(MODEL_SIZES)]='small', # MambaAttention preset of the shared recipe
-                 epochs:int=4, # training epochs, at least 1
-                 batch_size:int=64, # sequences per step, at least 1
-                 learning_rate:float=1e-3, # peak AdamW learning rate, above 0
-                 k4_weight:float=K4_WEIGHT, # class weight of K4 of the shared recipe, above 0
+                 model_size:Literal[tuple(MODEL_SIZES)]=RECIPE.model_size, # MambaAttention preset of the shared recipe
+                 epochs:int=RECIPE.epochs, # training epochs, at least 1
+                 batch_size:int=RECIPE.batch_size, # sequences per step, at least 1
+                 learning_rate:float=RECIPE.learning_rate, # peak AdamW learning rate, above 0
+                 k4_weight:float=RECIPE.k4_weight, # class weight of K4 of the shared recipe, above 0
                  truth:str=None, # the synthetic market's answer key (episodes.parquet): adds the oracle ceiling per fold
                  first_ratio:float=0.5, # date quantile where the first validation block starts, between 0 and 1
                  resume:bool=False, # keep the rows of an interrupted evaluation in --output-dir and run only the missing ones

@@ -1,6 +1,7 @@
-"Shared fixtures: one torch thread for the tests, and one tiny pipeline run per session for the pipeline and docs tests."
+"Shared fixtures: one torch thread for the tests, one tiny pipeline run per session for the pipeline and docs tests, and a tiny trained run folder."
 import pytest
 import torch
+from helpers import trained_run
 from k4_nbdev.pipeline import run_pipeline
 
 
@@ -19,3 +20,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A tiny run folder: synthetic store, snapshots, sequences and a one-epoch small model; (folder, best.pt)."
+    folder = tmp_path_factory.mktemp('trained_run')
+    with pytest.warns(UserWarning, match='no K4'):
+        best = trained_run(folder)
+    return folder, best

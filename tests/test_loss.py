@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from k4_nbdev.loss import (CLASS_NAMES, STRATEGIC_VALUES, CLASS_WEIGHTS, K4, AsymmetricLoss, FocalLoss, make_loss, k4_focus,
+from k4_nbdev.definitions import CLASS_NAMES, K4, STRATEGIC_VALUES
+from k4_nbdev.loss import (CLASS_WEIGHTS, AsymmetricLoss, FocalLoss, make_loss, k4_focus,
                            positive_term, negative_term, LOSSES)
 
 

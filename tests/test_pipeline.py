@@ -13,7 +13,7 @@ import torch
 
 from k4_nbdev.data import fingerprint, write_store, synthetic_market
 from k4_nbdev.pipeline import ARTIFACTS, LOCK_FILE, STAGES, StageError, pipeline_cli, run_pipeline, stage_parameters
-from k4_nbdev.train import load_checkpoint
+from k4_nbdev.scoring import load_checkpoint
 
 
 def test_tiny_run_writes_every_artifact(tiny_run):

@@ -12,19 +12,17 @@ import torch
 
 from k4_nbdev.data import fingerprint, read_store
 from k4_nbdev.patterns import read_metadata
-from k4_nbdev.predict import (PROB_COLUMNS, SCAN_COLUMNS, assign_signals, check_dates, demo_run, predict,
+from k4_nbdev.predict import (SCAN_COLUMNS, predict,
                               predict_cli, prediction_summary, prediction_table, scan, scan_cli, score_sequences)
 from k4_nbdev.sequences import FEATURES
-from k4_nbdev.train import expected_value, load_checkpoint
+from k4_nbdev.definitions import PROB_COLUMNS, assign_signals, expected_value
+from k4_nbdev.scoring import check_dates, load_checkpoint
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    "A tiny run folder: synthetic store, snapshots, sequences and a one-epoch small model."
-    folder = tmp_path_factory.mktemp('predict_run')
-    with pytest.warns(UserWarning, match='no K4'):
-        best = demo_run(folder, 'tiny', 0)
-    return folder, best
+def run(trained):
+    "The shared tiny run folder (conftest): store, snapshots, sequences and a one-epoch small model."
+    return trained
 
 
 def test_signal_boundaries():

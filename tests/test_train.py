@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import exit_of, rewritten
+from helpers import exit_of, rewritten, stage_inputs
 import torch
 
 import pyarrow.parquet as pq
 
 from k4_nbdev.data import fingerprint
 from k4_nbdev.patterns import read_metadata
-from k4_nbdev.sequences import FEATURES, build_sequences, demo_inputs
-from k4_nbdev.train import (SplitError, purged_split, fit_scaler, apply_scaler, train, load_checkpoint,
-                            model_from_checkpoint, predict_proba, classification_metrics, walk_forward_folds,
+from k4_nbdev.sequences import FEATURES, build_sequences
+from k4_nbdev.scoring import apply_scaler, calibrated_proba, fit_scaler, load_checkpoint, model_from_checkpoint, predict_proba
+from k4_nbdev.train import (SplitError, purged_split, train, classification_metrics, walk_forward_folds,
                             average_precision, train_cli, selection_split, fold_data, window_summaries, WINDOW_STATS,
-                            calibration_error, fit_calibration, calibrated_proba, epoch_order, warmup_cosine)
+                            calibration_error, fit_calibration, epoch_order, warmup_cosine)
 
 L, F = 12, len(FEATURES)
 
@@ -262,7 +262,7 @@ def made(tmp_path_factory):
     "A tiny sequences file (with the builder's provenance) and a finished one-epoch model folder trained on it."
     folder = tmp_path_factory.mktemp('train_cli')
     seqs = folder / 'sequences.parquet'
-    build_sequences(*demo_inputs(folder, 'tiny', 0), seqs, progress=False)
+    build_sequences(*stage_inputs(folder, 'tiny', 0), seqs, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         train_cli(['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',

@@ -13,9 +13,10 @@ import pytest
 
 from k4_nbdev.data import fingerprint, read_store
 from k4_nbdev.patterns import read_metadata, write_table
-from k4_nbdev.predict import PROB_COLUMNS, assign_signals, demo_run, predict
+from k4_nbdev.definitions import PROB_COLUMNS, assign_signals, expected_value
+from k4_nbdev.predict import predict
 from k4_nbdev.sequences import bar_features, market_sequences, read_sequences
-from k4_nbdev.train import classification_metrics, expected_value
+from k4_nbdev.train import classification_metrics
 from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
                                backtest, bootstrap_metrics, calibration_table, class_drift_check, confusion_matrix,
                                equity_curve, ev_correlation_check, first_snapshots, future_contamination_check,
@@ -42,11 +43,9 @@ def toy(y, pred=None, start='2021-01-04'):
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    "A tiny run folder with a one-epoch model and its predictions."
-    folder = tmp_path_factory.mktemp('validate_run')
-    with pytest.warns(UserWarning, match='no K4'):
-        best = demo_run(folder, 'tiny', 0)
+def run(trained):
+    "The shared tiny run folder (conftest) with the predictions of its one-epoch model."
+    folder, best = trained
     predict(best, folder / 'sequences.parquet', folder / 'predictions.parquet')
     return folder, best
 
