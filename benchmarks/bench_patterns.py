@@ -7,13 +7,18 @@ snapshots/s for race labelling, the serial vs parallel ratio of the whole stage,
 the closed-form Wilder smoothing over the plain recursion loop."""
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from k4_nbdev.data import SCALES, synthetic_market, validate_ohlcv
 from k4_nbdev.patterns import (find_patterns, indicators, label_snapshots, market_snapshots, qualifies,
                                take_snapshots, wilder_smooth)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))
+from helpers import wilder_loop  # the plain recursion loop, shared with the tests and the 01_patterns lesson
 
 
 def timed(f, *args, **kwargs):
@@ -35,15 +40,6 @@ def detect(frames):
 def label(detected):
     "Race labels of every ticker's snapshots, serially."
     return {t: label_snapshots(f, s) for t, (f, s) in detected.items()}
-
-
-def wilder_loop(x, n, first, seed):
-    "The Wilder recursion as a plain Python loop (the reference for the closed form)."
-    out = np.full(len(x), np.nan)
-    out[first] = y = seed
-    for t, v in enumerate(x[first + 1:].tolist(), first + 1):
-        out[t] = y = (1 - 1 / n) * y + v
-    return out
 
 
 def main():

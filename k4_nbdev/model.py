@@ -269,26 +269,10 @@ class MambaAttention(nn.Module):
         pooled = h.sum(1) / mask.sum(1, keepdim=True).to(h.dtype)
         return self.head(pooled)
 
-    def predict_proba(self, x:torch.Tensor, # features (B, L, input_dim)
-                      mask:torch.Tensor|None=None, # 1 = real bar, 0 = padding (B, L)
-                     )->torch.Tensor: # class probabilities (B, n_classes), rows sum to 1
-        "Softmax probabilities in eval mode without gradients; the training flag is restored."
-        training = self.training
-        self.eval()
-        try:
-            with torch.no_grad(): return F.softmax(self(x, mask), dim=-1)
-        finally: self.train(training)
-
-    def predict(self, x:torch.Tensor, # features (B, L, input_dim)
-                mask:torch.Tensor|None=None, # 1 = real bar, 0 = padding (B, L)
-               )->torch.Tensor: # most probable class per row (B,)
-        "Most probable class index."
-        return self.predict_proba(x, mask).argmax(-1)
-
 # %% ../nbs/03_model.ipynb #e1b38f1e
 def create_mamba_attention_model(input_dim:int=69, # features per bar
                                  n_classes:int=6, # output classes
-                                 model_size:str='base', # 'small', 'base' or 'large' (see `MODEL_SIZES`)
+                                 model_size:str='small', # 'small', 'base' or 'large' (see `MODEL_SIZES`); 'small' is the training recipe's
                                  backend:str='auto', # 'torch', 'cuda', 'lstm' or 'auto'
                                  dropout:float=0.1, # dropout in attention and head
                                 )->MambaAttention:

@@ -33,9 +33,8 @@ from tqdm.auto import tqdm
 
 import k4_nbdev
 from .definitions import CLASS_NAMES, K4, K5
-from .data import (OHLCVError, MarketParams, SCALES, TRUTH_FILE, UsageError, atomic_write, check_flag, check_outputs,
-                           command, episode_truth, fingerprint, list_tickers, load_source, read_store, synthetic_market,
-                           validate_ohlcv)
+from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, command,
+                           episode_truth, fingerprint, list_tickers, load_source, read_store, validate_ohlcv)
 
 # %% ../nbs/01_patterns.ipynb #05ee0586
 INDICATOR_COLUMNS = ['bbw_20', 'bbw_percentile', 'adx_14', 'volume_ratio_20', 'range_ratio']

@@ -270,7 +270,8 @@ def summarise(record:dict) -> str:
              f"run record:         {run_dir / 'run.json'}"]
     lines += [f"  {s:<12} {v['status']:<6} {v.get('seconds', 0):7.1f} s" for s, v in record['stages'].items()]
     if (run_dir / 'validation_report.md').exists(): lines.append(f"validation report:  {run_dir / 'validation_report.md'}")
-    comparison = run_dir / 'model_comparison.csv'
+    from k4_nbdev.validate import COMPARISON_FILE   # written by 05_train through `write_comparison`
+    comparison = run_dir / COMPARISON_FILE
     if comparison.exists():
         table = pd.read_csv(comparison, index_col=0)
         shown = [c for c in ['k4_pr_auc', 'k4_pr_auc_share', 'k4_recall_top5', 'pattern_k4_recall_top5', 'ev_corr', 'k4_recall']
@@ -286,16 +287,16 @@ KNOB_RULES = [('seed', lambda v: v >= 0, 'a number, at least 0'), ('epochs', lam
 
 @command('k4-pipeline')
 def run_cli(name:str='quick', # run name: the folder under --runs-root (a plain folder name)
-            scale:Literal[tuple(SCALES)]='quick', # synthetic market preset
-            data_source:str='synthetic', # 'synthetic', 'real' or the path of an OHLCV store (never modified)
-            seed:int=0, # random seed of every stage, at least 0
+            scale:Literal[tuple(SCALES)]=RUN_DEFAULTS['scale'], # synthetic market preset
+            data_source:str=RUN_DEFAULTS['data_source'], # 'synthetic', 'real' or the path of an OHLCV store (never modified)
+            seed:int=RUN_DEFAULTS['seed'], # random seed of every stage, at least 0
             runs_root:str='runs', # parent folder of runs
             resume:bool=False, # continue a run: skip the stages whose outputs are intact, run the others and all after them
-            model_size:Literal[tuple(MODEL_SIZES)]=None, # MambaAttention preset (default: the notebook's, small)
-            backend:Literal[BACKENDS]=None, # sequence-layer backend (default auto)
-            epochs:int=None, # training epochs, at least 1 (default: the notebook's)
-            batch_size:int=None, # training batch size, at least 1 (default 64)
-            split_ratio:float=None, # date quantile of the train/validation split, between 0 and 1 (default 0.8)
+            model_size:Literal[tuple(MODEL_SIZES)]=None, # MambaAttention preset (default: the training recipe's)
+            backend:Literal[BACKENDS]=None, # sequence-layer backend (default: the training recipe's)
+            epochs:int=None, # training epochs, at least 1 (default: the training recipe's)
+            batch_size:int=None, # training batch size, at least 1 (default: the training recipe's)
+            split_ratio:float=None, # date quantile of the train/validation split, between 0 and 1 (default: the training recipe's)
             overrides:str=None, # extra stage parameters as a JSON list [NAME, VALUE, ...]; give them as -p NAME VALUE (repeatable), e.g. -p calibration_tables true
            ):
     "Run the k4_nbdev pipeline notebooks end to end into RUNS_ROOT/NAME."

@@ -20,7 +20,7 @@ from .data import atomic_write, check_flag, check_outputs, command, fingerprint,
 from .definitions import (CLASS_NAMES, K4, K5, K5_AVOID, PROB_COLUMNS, SIGNAL_LEVELS, SIGNALS, assign_signals,
                                   expected_value)
 from .model import MODEL_SIZES
-from .patterns import SNAPSHOT_COLUMNS, find_patterns, indicators, qualifies, read_metadata, write_table
+from .patterns import SNAPSHOT_COLUMNS, find_patterns, indicators, qualifies, write_table
 from .scoring import (apply_scaler, check_dates, check_device, load_checkpoint, model_from_checkpoint, predict_proba,
                               sequences_provenance)
 from .sequences import FEATURES, check_finite, read_sequences, ticker_sequences

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import torch
 
 from .data import UsageError, atomic_write, check_flag
-from .definitions import CLASS_NAMES
 from .model import create_mamba_attention_model
 from .sequences import FEATURES
 

@@ -30,11 +30,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import (OHLCVError, SCALES, atomic_write, check_flag, check_outputs, command, fingerprint, list_tickers,
-                           read_store, synthetic_market, write_store)
+from .data import OHLCVError, atomic_write, check_flag, check_outputs, command, fingerprint, read_store
 from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range,
-                               indicators, market_snapshots, read_metadata, rolling_mean, rolling_std, safe_ratio,
-                               valid_channel, write_table)
+                               indicators, read_metadata, rolling_mean, rolling_std, safe_ratio, valid_channel)
 
 # %% ../nbs/02_sequences.ipynb #6178ee82
 FEATURES = [

@@ -26,16 +26,14 @@ import lightgbm as lgb
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import SCALES, UsageError, _same_or_inside, atomic_write, check_flag, check_outputs, command, fingerprint
+from .data import UsageError, _same_or_inside, atomic_write, check_flag, check_outputs, command, fingerprint
 from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES, STRONG_CLASSES, VALUES, expected_value
-from .loss import LOSSES, CLASS_WEIGHTS, make_loss, k4_focus
-from .model import BACKENDS, MODEL_SIZES, create_mamba_attention_model, count_parameters, resolve_backend
+from .loss import LOSSES, CLASS_WEIGHTS, make_loss
+from .model import BACKENDS, MODEL_SIZES, create_mamba_attention_model, resolve_backend
 from .scoring import (CHECKPOINT_FORMAT, apply_scaler, calibrated_proba, relative_inputs, check_dates, check_device, fit_scaler, load_checkpoint,
                               model_from_checkpoint, predict_logits, predict_proba, save_checkpoint, sequences_provenance)
 from .sequences import FEATURES, check_finite, read_sequences
@@ -48,7 +46,7 @@ class Recipe:
     model_size:str = 'small'     # MambaAttention preset (a key of MODEL_SIZES)
     backend:str = 'auto'         # sequence mixer (one of BACKENDS)
     loss:str = 'asymmetric'      # a key of LOSSES
-    k4_weight:float = 50.0       # class weight of K4 (the reference used 500: see "The training recipe")
+    k4_weight:float = CLASS_WEIGHTS[K4]   # class weight of K4: the loss's (the reference used 500: see "The training recipe")
     epochs:int = 4               # most epochs (early stopping may end sooner); the quick market's recipe
     batch_size:int = 64          # sequences per optimiser step
     learning_rate:float = 1e-3   # peak AdamW learning rate, after the warm-up

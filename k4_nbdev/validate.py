@@ -6,22 +6,23 @@
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
            'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'ORACLE',
-           'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES',
-           'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT',
-           'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES',
+           'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND',
+           'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN',
+           'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES',
            'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows', 'check', 'grade',
            'date_halves', 'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check',
            'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
            'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table', 'pr_curve',
            'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics',
            'pattern_resamples', 'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model', 'model_scores',
-           'quality_table', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
-           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
-           'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
-           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'strong_section',
-           'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report',
-           'pq_metadata', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
-           'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli']
+           'quality_table', 'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks',
+           'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check',
+           'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
+           'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt', 'md_table',
+           'quality_display', 'quality_section', 'strong_section', 'backtest_section', 'render_report', 'jsonable',
+           'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'check_finite', 'check_provenance',
+           'validate', 'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary', 'summary_display',
+           'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -499,6 +500,31 @@ def quality_table(y:np.ndarray, # true class per row
     table.attrs.update(n=len(y), n_k4=int((np.asarray(y) == K4).sum()), n_patterns=int(pd.Series(pattern).nunique()),
                        n_boot=n_boot, level=level, seed=seed)
     return table
+
+COMPARISON_FILE = 'model_comparison.csv'   # in the run folder: written by `05_train`, read by the pipeline's summary
+
+def model_comparison(y:np.ndarray, # true class per validation row
+                     pattern:np.ndarray, # pattern id per row
+                     probs:dict, # model name -> calibrated class probabilities (N, 6)
+                     seconds:dict, # model name -> seconds it took to fit
+                     oracle:dict=None, # `oracle_model` on the same rows; None: no ceiling
+                     n_boot:int=1000, # bootstrap replicates
+                     seed:int=0, # seed of the replicates
+                    ) -> pd.DataFrame: # `quality_table` + accuracy, K4 precision, K3+K4 recall, n, n_k4, seconds
+    "Every model beside the ceiling with its intervals, plus the classification figures and the time it took."
+    quality = quality_table(y, pattern, {n: model_scores(p) for n, p in probs.items()}, oracle, n_boot, seed)
+    extra = pd.DataFrame({n: classification_metrics(p, y) for n, p in probs.items()}).T
+    table = quality.join(extra[['accuracy', 'k4_precision', 'k3k4_recall', 'n', 'n_k4']]).assign(seconds=pd.Series(seconds))
+    table.attrs = dict(quality.attrs)
+    return table
+
+def write_comparison(table:pd.DataFrame, # from `model_comparison`
+                     run_dir, # run folder
+                    ) -> Path: # the CSV written
+    "Write the comparison atomically where the pipeline's summary and the docs home page read it."
+    path = Path(run_dir) / COMPARISON_FILE
+    with atomic_write(path) as tmp: table.to_csv(tmp)
+    return path
 
 # %% ../nbs/07_validate.ipynb #6e9d2d71
 HOLD_BARS = 100     # bars a trade is held at most: the label window t+1 … t+100 (definitions page: race labels)

@@ -30,7 +30,7 @@ def numpy_asymmetric(logits, targets, weights, gamma_pos=0.0, gamma_neg=4.0, mar
 def test_constants():
     assert CLASS_NAMES == ['K0_STAGNANT', 'K1_MINIMAL', 'K2_QUALITY', 'K3_STRONG', 'K4_EXCEPTIONAL', 'K5_FAILED']
     assert STRATEGIC_VALUES == [-2.0, -0.2, 1.0, 3.0, 10.0, -10.0]
-    assert CLASS_WEIGHTS == [1.0, 1.0, 2.0, 10.0, 500.0, 5.0] and K4 == 4
+    assert CLASS_WEIGHTS == [1.0, 1.0, 2.0, 10.0, 50.0, 5.0] and K4 == 4
 
 
 def test_hand_computed_values():
@@ -74,11 +74,11 @@ def test_easy_negatives_contribute_far_less_with_focusing():
     assert AsymmetricLoss(None)(low, targets).item() == pytest.approx(-math.log(0.8), rel=1e-6)
 
 
-def test_k4_sample_weighs_500_times_k0_with_identical_logits():
+def test_k4_sample_weighs_50_times_k0_with_identical_logits():
     logits = torch.randn(1, 6).repeat(2, 1)
     per_sample = make_loss('asymmetric').per_sample(logits, torch.tensor([0, 4]))
     unweighted = make_loss('asymmetric', class_weights=None).per_sample(logits, torch.tensor([0, 4]))
-    assert (per_sample / unweighted).tolist() == pytest.approx([1.0, 500.0])
+    assert (per_sample / unweighted).tolist() == pytest.approx([1.0, 50.0])
     assert make_loss('asymmetric', class_weights=[1, 1, 2, 10, 1000, 5]).per_sample(logits[:1], torch.tensor([4])).item() == \
         pytest.approx(1000 * unweighted[1].item(), rel=1e-6)
 

@@ -3,11 +3,14 @@ import io
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from mambapy.mamba import MambaBlock, MambaConfig
 
+from helpers import scan_inputs
+from k4_nbdev.scoring import predict_proba
 from k4_nbdev.model import (Mamba, MambaAttention, MODEL_SIZES, selective_scan, selective_scan_ref, create_mamba_attention_model,
                             count_parameters, check_inputs, resolve_backend, make_mixer, mamba_ssm_available, BiLSTMMixer,
                             module_shapes)
@@ -24,15 +27,6 @@ MAMBA_SSM_PARAMETERS_D128 = {
     'dt_proj.bias': (256,),
     'out_proj.weight': (128, 256),
 }
-
-
-def scan_inputs(b=3, L=9, d=5, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(b, L, d, generator=g)
-    delta = F.softplus(torch.randn(b, L, d, generator=g) - 1)
-    A = -torch.rand(d, n, generator=g) * 3 - 0.1
-    B, C, D = torch.randn(b, L, n, generator=g), torch.randn(b, L, n, generator=g), torch.randn(d, generator=g)
-    return [t.requires_grad_() for t in (u, delta, A, B, C, D)]
 
 
 def value_and_grads(f, args, weight):
@@ -237,14 +231,14 @@ def test_preset_parameter_counts():
 
 
 @pytest.mark.parametrize('backend', ['torch', 'lstm'])
-def test_predict_proba_and_predict(backend):
+def test_scoring_probabilities(backend):
+    "The one path from a network to probabilities (`scoring.predict_proba`) works on every backend."
     model = create_mamba_attention_model(model_size='small', backend=backend).train()
     x, _, mask = padded_batch()
-    p = model.predict_proba(x, mask)
-    assert p.shape == (4, 6) and not p.requires_grad
-    assert torch.allclose(p.sum(-1), torch.ones(4))
-    assert torch.equal(model.predict(x, mask), p.argmax(-1))
-    assert model.training
+    p = predict_proba(model, x.numpy(), mask.numpy(), batch_size=3)
+    assert p.shape == (4, 6) and np.allclose(p.sum(-1), 1, atol=1e-6)
+    with torch.no_grad(): expected = torch.softmax(model.eval()(x, mask), -1).numpy()
+    assert np.allclose(p, expected, atol=1e-6)
     assert model(x).shape == (4, 6)
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import flat_path, one_bar_ahead, simulate, toy
 
 from k4_nbdev.data import fingerprint, read_store
 from k4_nbdev.patterns import read_metadata, write_table
-from k4_nbdev.definitions import PROB_COLUMNS, assign_signals, expected_value
+from k4_nbdev.definitions import PROB_COLUMNS, expected_value
 from k4_nbdev.predict import predict
 from k4_nbdev.sequences import bar_features, market_sequences, read_sequences
 from k4_nbdev.train import classification_metrics
@@ -24,22 +25,6 @@ from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNA
                                per_class_table, quality_ev, quality_table, random_picks, ranking_metrics, render_report, run_checks,
                                run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check, strong_signal_check,
                                temporal_audit_check, temporal_sequence_check, validate, validate_cli)
-
-
-def toy(y, pred=None, start='2021-01-04'):
-    "Weekly predictions of one ticker with true classes `y` and predicted classes `pred` (default: `y`)."
-    y = np.asarray(y)
-    pred = y if pred is None else np.asarray(pred)
-    dates = pd.date_range(start, periods=len(y), freq='W-MON')
-    probs = np.full((len(y), 6), 0.02)
-    probs[np.arange(len(y)), pred] = 0.9
-    ev = expected_value(probs)
-    return pd.DataFrame({'ticker': 'T', 'pattern_id': [f'T_{d:%Y%m%d}' for d in dates], 'snapshot_date': dates,
-                         'start_date': dates - pd.Timedelta(weeks=2), 'label_end_date': dates + pd.Timedelta(weeks=3),
-                         'outcome_class': pd.array(y, dtype='Int64'),
-                         'sequence_dates': [pd.bdate_range(end=d, periods=5).to_numpy() for d in dates],
-                         'predicted_class': pred, 'expected_value': ev, 'signal': assign_signals(ev, probs[:, 5]),
-                         **{c: probs[:, k] for k, c in enumerate(PROB_COLUMNS)}})
 
 
 @pytest.fixture(scope='module')
@@ -136,11 +121,6 @@ def test_class_drift():
 
 
 # --- test 6 -------------------------------------------------------------------------------------------------
-def one_bar_ahead(df):
-    "A leaky bar-feature function: each bar carries the next bar's values."
-    return bar_features(df).shift(-1)
-
-
 def _sequences(run, bar_fn, n=6):
     folder, _ = run
     _, _, meta = read_sequences(folder / 'sequences.parquet')
@@ -249,12 +229,6 @@ def test_validate_cli_strict_and_bad_input(run, tmp_path):
 
 
 # --- the signal backtest -------------------------------------------------------------------------------------
-def flat_path(n=150, price=10.0):
-    "A quiet constructed price path: every bar opens and closes at `price`, with a 1% wick either side."
-    return pd.DataFrame({'date': pd.bdate_range('2021-01-04', periods=n), 'open': price, 'high': price * 1.01,
-                         'low': price * 0.99, 'close': price, 'volume': 1e6})
-
-
 @pytest.mark.parametrize('change,snapshot,exit_bar,price,reason,held', [
     ({}, 0, 100, 10.0, 'timeout', 100),                                            # untouched: out at the 100th bar's close
     ({(100, 'close'): 12.0, (100, 'high'): 12.0}, 0, 100, 12.0, 'timeout', 100),    # timeout at 100 bars, +20%
@@ -410,15 +384,6 @@ def test_pattern_level_recall():
     one = ranking_metrics(np.zeros(100), y, np.where(y == 4, 'X', pattern))
     assert one['pattern_k4_recall_top5'] == pytest.approx(1 - (95 * 94 * 93) / (100 * 99 * 98))
     assert one['k4_recall_top5'] == pytest.approx(0.05)
-
-
-def simulate(seed, n_patterns=300, per_pattern=5):
-    "K4 patterns (rate 0.1) whose snapshots share outcome and prediction; the model calls half the K4 patterns K4."
-    rng = np.random.default_rng(seed)
-    is_k4 = rng.random(n_patterns) < 0.1
-    called = is_k4 & (rng.random(n_patterns) < 0.5)
-    rows = np.repeat(np.arange(n_patterns), per_pattern)
-    return np.where(is_k4, 4, 0)[rows], np.where(called, 4, 0)[rows], rows
 
 
 def test_pattern_bootstrap_covers_the_truth_and_is_wider_than_a_snapshot_bootstrap():
