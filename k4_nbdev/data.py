@@ -240,7 +240,7 @@ def read_store(path, # store folder or long parquet file
 # %% ../nbs/00_data.ipynb #d8224688
 @dataclass(frozen=True)
 class MarketParams:
-    "Knobs of the synthetic market; the defaults are the calibrated bench the pipeline uses (see `01_patterns`)."
+    "Knobs of the synthetic market; the defaults are the calibrated bench the pipeline uses (calibrated as explained above; measured in `01_patterns`)."
     # the ordinary stock: GARCH(1,1) with Student-t shocks, and volume tied to |return|
     idio_vol: float = 0.0055        # long-run idiosyncratic daily volatility of the median ticker
     vol_spread: float = 0.25        # cross-sectional spread of that volatility (log-normal sigma)

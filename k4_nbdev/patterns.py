@@ -10,8 +10,9 @@ __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_M
            'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs',
            'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots',
            'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix',
-           'frames_fingerprint', 'write_table', 'read_metadata', 'load_frames', 'qualification_summary',
-           'no_pattern_message', 'run_patterns', 'build_snapshots', 'bench_calibration', 'patterns_cli']
+           'frames_fingerprint', 'with_provenance', 'write_table', 'read_metadata', 'load_frames',
+           'qualification_summary', 'no_pattern_message', 'run_patterns', 'build_snapshots', 'bench_calibration',
+           'patterns_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
 import hashlib
@@ -426,20 +427,28 @@ def frames_fingerprint(frames:dict, # ticker -> OHLCV frame
         h.update(pd.util.hash_pandas_object(frames[t], index=False).to_numpy().tobytes())
     return h.hexdigest()
 
+def with_provenance(schema:pa.Schema, # a table's schema
+                    metadata:dict, # JSON-serialisable provenance
+                   ) -> pa.Schema: # the schema with the provenance under the key `k4_nbdev` (other metadata kept)
+    "Attach k4_nbdev provenance to a parquet schema: the one way every artifact records where it came from."
+    return schema.with_metadata({**(schema.metadata or {}), b'k4_nbdev': json.dumps(metadata, default=str).encode()})
+
 def write_table(df:pd.DataFrame, # table to write
                 path, # parquet file
                 metadata:dict, # JSON-serialisable provenance stored under the key `k4_nbdev`
                ) -> Path: # the path written
     "Write `df` to parquet atomically with provenance in its key-value metadata."
     table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = {**(table.schema.metadata or {}), b'k4_nbdev': json.dumps(metadata, default=str).encode()}
-    with atomic_write(path) as tmp: pq.write_table(table.replace_schema_metadata(meta), tmp)
+    with atomic_write(path) as tmp: pq.write_table(table.replace_schema_metadata(with_provenance(table.schema, metadata).metadata), tmp)
     return Path(path)
 
 def read_metadata(path, # parquet file written by `write_table`
+                  required:bool=True, # raise KeyError when the file has none; False: return {}
                  ) -> dict: # the provenance stored under `k4_nbdev`
     "The provenance metadata of a k4_nbdev parquet file."
-    return json.loads(pq.read_schema(path).metadata[b'k4_nbdev'])
+    recorded = (pq.read_schema(path).metadata or {}).get(b'k4_nbdev')
+    if recorded is None and required: raise KeyError(f"{path} records no k4_nbdev provenance")
+    return json.loads(recorded) if recorded is not None else {}
 
 # %% ../nbs/01_patterns.ipynb #d42e6366
 def load_frames(ohlcv_store=None, # OHLCV store (folder or long parquet); None: the synthetic market at `scale`

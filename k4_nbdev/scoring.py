@@ -8,7 +8,6 @@ __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'CHECKPOINT_FORMAT', 
            'load_checkpoint', 'model_from_checkpoint', 'check_dates', 'check_device', 'sequences_provenance']
 
 # %% ../nbs/04a_scoring.ipynb #7c1c81f6
-import json
 import pickle
 import warnings
 from pathlib import Path
@@ -16,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from .data import UsageError, atomic_write, check_flag
 from .model import create_mamba_attention_model
+from .patterns import read_metadata
 from .sequences import FEATURES
 
 # %% ../nbs/04a_scoring.ipynb #9c473937
@@ -193,9 +192,9 @@ def sequences_provenance(path, # sequences parquet
     "The provenance the sequence builder wrote into a sequences file: features, length, inputs and their fingerprints."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"sequences file {path} does not exist" + (' (it is a folder)' if path.exists() else ''))
-    try: recorded = (pq.read_schema(path).metadata or {}).get(b'k4_nbdev')
+    try: recorded = read_metadata(path, required=False)
     except (pa.ArrowException, OSError): raise ValueError(f"{path} is not a parquet file (truncated or another format)") from None
-    if recorded is None and required:
+    if not recorded and required:
         raise ValueError(f"{path} has no provenance metadata (it was not written by k4-build-sequences); rebuild it, "
                          "or pass --no-provenance-check to use it anyway")
-    return json.loads(recorded) if recorded is not None else {}
+    return recorded

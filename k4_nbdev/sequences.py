@@ -14,7 +14,6 @@ __all__ = ['FEATURES', 'PATTERN_FEATURES', 'BAR_FEATURES', 'EBP_WINDOW', 'DATE_C
            'build_sequences_cli', 'plot_sequence', 'plot_class_distributions']
 
 # %% ../nbs/02_sequences.ipynb #8b648bd4
-import json
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 import k4_nbdev
 from .data import OHLCVError, atomic_write, check_flag, check_outputs, command, fingerprint, read_store
-from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range,
+from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range, with_provenance,
                                indicators, read_metadata, rolling_mean, rolling_std, safe_ratio, valid_channel)
 
 # %% ../nbs/02_sequences.ipynb #6178ee82
@@ -464,7 +463,7 @@ def write_sequences(batches, # iterable of (X, mask, meta), e.g. `iter_sequences
                     rows_per_group:int=1024, # sequences per parquet row group
                    ) -> int: # sequences written
     "Stream sequence batches into a parquet file in row groups; the file appears only when complete."
-    schema = sequence_schema(sequence_length).with_metadata({'k4_nbdev': json.dumps(metadata, default=str)})
+    schema = with_provenance(sequence_schema(sequence_length), metadata)
     pending, n = [], 0
     with atomic_write(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         def flush():

@@ -20,8 +20,8 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
            'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt', 'md_table',
            'quality_display', 'quality_section', 'strong_section', 'backtest_section', 'render_report', 'jsonable',
-           'save_figure', 'report_figures', 'write_report', 'pq_metadata', 'check_finite', 'check_provenance',
-           'validate', 'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary', 'summary_display',
+           'save_figure', 'report_figures', 'write_report', 'check_finite', 'check_provenance', 'validate',
+           'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary', 'summary_display',
            'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
@@ -1006,12 +1006,6 @@ def write_report(results:dict, # from `run_checks`
     with atomic_write(metrics) as tmp: tmp.write_text(json.dumps(jsonable(body), indent=1, ensure_ascii=False), encoding='utf-8')
     return {'report': output, 'metrics': metrics, 'figures': figures}
 
-def pq_metadata(path, # parquet file
-               ) -> dict: # its k4_nbdev provenance, or {} when it has none
-    "The k4_nbdev provenance of a parquet file, or {} when it has none."
-    try: return read_metadata(path)
-    except (KeyError, TypeError): return {}
-
 def check_finite(preds:pd.DataFrame, # predictions
                  path, # their file, named in the error
                 ):
@@ -1025,7 +1019,7 @@ def check_finite(preds:pd.DataFrame, # predictions
                      f"{[columns[c] for c in cols]}: predict again with a sound model")
 
 def check_provenance(predictions, # predictions parquet (`06_predict`)
-                     recorded:dict, # its metadata (`pq_metadata`)
+                     recorded:dict, # its metadata (`read_metadata(..., required=False)`)
                      given:dict, # 'sequences' / 'model' -> the file given for it (None: not given)
                     ) -> str: # what was checked, for the report
     "Check, by the fingerprints `06_predict` recorded, that the predictions were made from the files given."
@@ -1065,7 +1059,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
                            'expected_value', 'signal'] + PROB_COLUMNS if c not in preds.columns]
     if missing: raise ValueError(f"{predictions} lacks the columns {missing}; it must be written by k4-predict")
     check_finite(preds, predictions)
-    recorded = pq_metadata(predictions)
+    recorded = read_metadata(predictions, required=False)
     checked = (check_provenance(predictions, recorded, {'sequences': sequences, 'model': model}) if provenance else
                "skipped (--no-provenance-check): the predictions may not come from the files named here")
     episodes = read_truth(truth) if truth is not None else None

@@ -71,7 +71,9 @@ def dists_of(import_name:str) -> set:
     "Distribution names that provide the import name (the import name itself when nothing installed provides it)."
     return {norm(d) for d in dist_map().get(import_name, [import_name])}
 
-def third_party(name:str) -> bool: return name not in sys.stdlib_module_names and name != 'k4_nbdev'
+LOCAL = {p.stem for p in Path(__file__).parent.glob('*.py')} | {'k4_nbdev'}   # the package, and tests/helpers.py the lessons share
+
+def third_party(name:str) -> bool: return name not in sys.stdlib_module_names and name not in LOCAL
 
 def closure(names:set) -> set:
     "`names` with every distribution they require (installed metadata, extras' requirements left out)."
