@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'SCALES', 'TRUTH_COLUMNS', 'PRECURSORS',
-           'REAL_SOURCES', 'TRUTH_FILE', 'USER_ERRORS', 'OHLCVError', 'validate_ohlcv', 'parse_dates',
-           'normalise_ohlcv', 'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store',
+           'REAL_SOURCES', 'TRUTH_FILE', 'USER_ERRORS', 'SCHEDULERS', 'SCALE_EXTRA', 'OHLCVError', 'validate_ohlcv',
+           'parse_dates', 'normalise_ohlcv', 'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store',
            'MarketParams', 'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts',
            'load_source', 'build_store', 'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag', 'check_outputs',
-           'os_error_line', 'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
+           'os_error_line', 'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli', 'check_scheduler',
+           'job_map']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
@@ -16,9 +17,12 @@ import errno
 import hashlib
 import inspect
 import os
+import re
 import sys
 import tempfile
-from contextlib import contextmanager
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from importlib.util import find_spec
@@ -717,3 +721,45 @@ def check_ohlcv_cli(store:str, # store folder or long parquet file to check (nev
         print(f"--drop: {report.groupby('ticker')['row'].nunique().sum()} rows would be dropped "
               f"({len(report)} rule violations); the store itself is unchanged:")
         print(report.groupby(['ticker', 'rule']).size().rename('count').reset_index().to_string(index=False))
+
+# %% ../nbs/00_data.ipynb #1f3f023f
+SCHEDULERS = ('processes', 'dask')                 # or the address of a running Dask scheduler, tcp://host:port
+SCALE_EXTRA = "pip install 'k4_nbdev[scale]'"
+
+def check_scheduler(scheduler:str, # 'processes', 'dask' or 'tcp://host:port'
+                    given_as:str='--scheduler', # how the user gave it, for the message (the pipeline: '-p scheduler')
+                   ) -> str: # the scheduler, checked
+    "Raise a `UsageError` naming `given_as` unless the per-ticker stages can use it (Dask installed when asked for)."
+    ok = scheduler in SCHEDULERS or bool(re.fullmatch(r'tcp://[A-Za-z0-9_.\-]+:\d{1,5}', str(scheduler)))
+    check_flag(ok, given_as, scheduler, "'processes', 'dask' or the address of a Dask scheduler, tcp://host:port")
+    if scheduler != 'processes':
+        try: import distributed
+        except ImportError:
+            raise UsageError(f"{given_as} {scheduler} needs Dask, which is not installed: {SCALE_EXTRA}") from None
+    return scheduler
+
+@contextmanager
+def job_map(scheduler:str='processes', # 'processes', 'dask' or 'tcp://host:port' (see `check_scheduler`)
+            workers:int=1, # processes: pool size (1: serial, in this process); dask: worker processes of the local cluster
+           ): # yields run(fn, jobs, chunksize=1): an iterator over fn(job) in the order of `jobs`
+    "Map a picklable function over jobs on the chosen scheduler; whatever was started is closed on exit."
+    check_scheduler(scheduler)
+    if scheduler == 'processes':
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try: yield lambda fn, jobs, chunksize=1: pool.map(fn, jobs, chunksize=chunksize) if pool else map(fn, jobs)
+        finally:
+            if pool: pool.shutdown(cancel_futures=True)
+        return
+    from distributed import Client, LocalCluster
+    with ExitStack() as stack:
+        if scheduler == 'dask':
+            with warnings.catch_warnings():   # no dashboard; its HTTP port is taken when another cluster runs: not news
+                warnings.filterwarnings('ignore', message='Port .* is already in use')
+                cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                           dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else: client = stack.enter_context(Client(scheduler))
+        def run(fn, jobs, chunksize=1):
+            futures = client.map(fn, list(jobs), pure=False)[::-1]
+            while futures: yield futures.pop().result()   # in job order; a result leaves the cluster once taken
+        yield run

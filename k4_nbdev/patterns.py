@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from tqdm.auto import tqdm
 
 import k4_nbdev
 from .definitions import CLASS_NAMES, K4, K5
-from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, command,
-                           episode_truth, fingerprint, list_tickers, load_source, read_store, validate_ohlcv)
+from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, check_scheduler,
+                           command, episode_truth, fingerprint, job_map, list_tickers, load_source, read_store, validate_ohlcv)
 
 # %% ../nbs/01_patterns.ipynb #05ee0586
 INDICATOR_COLUMNS = ['bbw_20', 'bbw_percentile', 'adx_14', 'volume_ratio_20', 'range_ratio']
@@ -325,20 +324,36 @@ def _ticker_job(args:tuple, # (frame, ticker, qualifying_days, snapshot_every)
         patterns, snapshots = ticker_snapshots(*args)
     return patterns, snapshots, [str(w.message) for w in caught]
 
+def _chunk_job(args:tuple, # (store path, or ticker -> frame; tickers; qualifying_days; snapshot_every)
+              ) -> list: # `_ticker_job` of each ticker, in order
+    "A chunk of tickers in a Dask worker: read them from the store when given one, then `_ticker_job` each."
+    source, tickers, qualifying_days, snapshot_every = args
+    frames = source if isinstance(source, dict) else read_store(source, tickers)
+    return [_ticker_job((frames[t], t, qualifying_days, snapshot_every)) for t in tickers]
+
 def market_snapshots(frames:dict, # ticker -> OHLCV frame
                      qualifying_days:int=10, # qualifying bars after the start bar
                      snapshot_every:int=5, # trading days between snapshots
-                     workers:int=1, # processes (1: serial, in this process)
+                     workers:int=1, # processes (1: serial, in this process); with Dask, worker processes of the local cluster
                      progress:bool=True, # show a progress bar
+                     scheduler:str='processes', # 'processes', 'dask' or a Dask scheduler address (`check_scheduler`)
+                     store=None, # the store `frames` were read from: Dask workers read their tickers from it
                     ) -> tuple: # (patterns, snapshots) of all tickers, in ticker order
     "Patterns and labelled snapshots of a whole market, parallel across tickers with a deterministic order."
     if not frames: raise ValueError("no tickers to process")
-    jobs = [(frames[t], t, qualifying_days, snapshot_every) for t in sorted(frames)]
-    bar = lambda it: tqdm(it, total=len(jobs), desc='patterns', unit='ticker', disable=not progress)
-    if workers <= 1: results = list(bar(map(_ticker_job, jobs)))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(bar(pool.map(_ticker_job, jobs, chunksize=max(1, len(jobs) // (8 * workers)))))
+    tickers = sorted(frames)
+    with tqdm(total=len(tickers), desc='patterns', unit='ticker', disable=not progress) as bar, job_map(scheduler, workers) as run:
+        if scheduler == 'processes':
+            jobs = [(frames[t], t, qualifying_days, snapshot_every) for t in tickers]
+            parts = ([r] for r in run(_ticker_job, jobs, chunksize=max(1, len(jobs) // (8 * max(workers, 1)))))
+        else:
+            cuts = [[str(t) for t in c] for c in np.array_split(tickers, min(len(tickers), 4 * workers))]
+            parts = run(_chunk_job, [(str(store) if store is not None else {t: frames[t] for t in c}, c, qualifying_days,
+                                      snapshot_every) for c in cuts])
+        results = []
+        for part in parts:
+            results += part
+            bar.update(len(part))
     for _, _, messages in results:
         for m in messages: warnings.warn(m, stacklevel=2)
     return (pd.concat([r[0] for r in results], ignore_index=True),
@@ -490,9 +505,11 @@ def run_patterns(frames:dict, # ticker -> OHLCV frame
                  snapshot_every:int=5, # trading days between snapshots
                  workers:int=1, # processes for the per-ticker work
                  progress:bool=True, # show a progress bar
+                 scheduler:str='processes', # where the per-ticker work runs (`check_scheduler`)
+                 store=None, # the store `frames` were read from (Dask workers read their tickers from it)
                 ) -> tuple: # (patterns, snapshots)
     "Find and label the patterns of `frames`; write the tables atomically with their provenance."
-    patterns, snapshots = market_snapshots(frames, qualifying_days, snapshot_every, workers, progress)
+    patterns, snapshots = market_snapshots(frames, qualifying_days, snapshot_every, workers, progress, scheduler, store)
     meta = {'stage': 'patterns', 'version': k4_nbdev.__version__, 'input': source,
             'parameters': {'snapshot_every': snapshot_every, 'qualifying_days': qualifying_days},
             'n_tickers': len(frames), 'n_patterns': len(patterns), 'n_snapshots': len(snapshots)}
@@ -508,12 +525,14 @@ def build_snapshots(output_dir, # run folder: `snapshots.parquet` and `patterns.
                     qualifying_days:int=10, # qualifying bars after the start bar
                     workers:int=1, # processes for the per-ticker work
                     progress:bool=True, # show a progress bar
+                    scheduler:str='processes', # where the per-ticker work runs (`check_scheduler`)
                    ) -> tuple: # (frames, patterns, snapshots)
     "The stage: read or generate OHLCV, write `{output_dir}/snapshots.parquet` and `{output_dir}/patterns.parquet`."
+    check_scheduler(scheduler)
     frames, source = load_frames(ohlcv_store, scale, seed)
     out = Path(output_dir)
     patterns, snapshots = run_patterns(frames, source, out / 'snapshots.parquet', out / 'patterns.parquet',
-                                       qualifying_days, snapshot_every, workers, progress)
+                                       qualifying_days, snapshot_every, workers, progress, scheduler, ohlcv_store)
     return frames, patterns, snapshots
 
 # %% ../nbs/01_patterns.ipynb #2551c8a4
@@ -560,6 +579,7 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
                  qualifying_days:int=10, # qualifying bars after the start bar, 1 to 89
                  tickers:str=None, # comma-separated subset of the tickers
                  workers:int=os.cpu_count() or 1, # processes, at least 1
+                 scheduler:str='processes', # where the per-ticker work runs: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
                 ):
     "Find, snapshot and label the consolidation patterns of an OHLCV store."
     check_outputs({'--output': output, '--patterns-output': patterns_output}, {'--ohlcv': ohlcv})
@@ -568,6 +588,7 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
     check_flag(snapshot_every >= 1, '--snapshot-every', snapshot_every, 'at least 1')
     check_flag(1 <= qualifying_days < MAX_PATTERN_DAYS, '--qualifying-days', qualifying_days, f'between 1 and {MAX_PATTERN_DAYS - 1}')
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
+    check_scheduler(scheduler)
     wanted = None if tickers is None else [t.strip() for t in tickers.split(',') if t.strip()]
     check_flag(wanted is None or len(wanted) > 0, '--tickers', tickers, 'a comma-separated list of tickers')
     if wanted and (unknown := sorted(set(wanted) - set(list_tickers(ohlcv)))):
@@ -575,6 +596,6 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
     try: frames, source = load_frames(ohlcv, tickers=wanted)
     except OHLCVError as e: raise OHLCVError(f"{ohlcv}: {e}") from None
     patterns, snapshots = run_patterns(frames, source, output, patterns_output, qualifying_days, snapshot_every, workers,
-                                       progress=sys.stderr.isatty())
+                                       progress=sys.stderr.isatty(), scheduler=scheduler, store=ohlcv)
     print(f"{len(frames)} tickers -> {len(patterns):,} patterns, {len(snapshots):,} snapshots "
           f"({snapshots['outcome_class'].notna().sum():,} labelled) -> {output}")

@@ -31,13 +31,13 @@ import torch
 from jupyter_client.manager import AsyncKernelManager
 
 import k4_nbdev
-from .data import SCALES, UsageError, atomic_write, check_flag, check_outputs, command, fingerprint
+from .data import SCALES, UsageError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint
 from .model import BACKENDS, MODEL_SIZES
 
 # %% ../nbs/08_pipeline.ipynb #b90dfd41
 STAGES = ['00_data', '01_patterns', '02_sequences', '03_model', '04_loss', '05_train', '06_predict', '07_validate', 'index']
 
-RUN_DEFAULTS = dict(data_source='synthetic', scale='quick', seed=0, workers=2, calibration_tables=False)
+RUN_DEFAULTS = dict(data_source='synthetic', scale='quick', seed=0, workers=2, scheduler='processes', calibration_tables=False)
 
 ARTIFACTS = {'00_data': 'ohlcv', '01_patterns': 'snapshots.parquet', '02_sequences': 'sequences.parquet',
              '05_train': 'model/best.pt', '06_predict': 'predictions.parquet', '07_validate': 'validation_report.md'}
@@ -189,6 +189,7 @@ def run_pipeline(name:str='quick', # run name: the folder `runs_root/name` (a pl
     "Run the stage notebooks in order into a run folder that this run owns while it runs."
     check_run_name(name)
     check_parameters(params or {})
+    if 'scheduler' in (params or {}): check_scheduler(params['scheduler'], '-p scheduler')
     run_dir = (Path(runs_root) / name).resolve()
     params = {**RUN_DEFAULTS, 'ohlcv_store': str(run_dir / 'ohlcv'), **(params or {}), 'output_dir': str(run_dir)}
     stages = list(STAGES if stages is None else stages)

@@ -10,14 +10,17 @@ __all__ = ['FEATURES', 'PATTERN_FEATURES', 'BAR_FEATURES', 'EBP_WINDOW', 'DATE_C
            'check_snapshots', 'describe_problems', 'pattern_positions', 'window_features', 'finalize',
            'ticker_sequences', 'iter_sequences', 'empty_sequences', 'market_sequences', 'NonFiniteError',
            'check_finite', 'validate_sequences', 'sequence_schema', 'sequence_table', 'write_sequences',
-           'read_sequences', 'audit_sequences', 'recorded_fingerprint', 'input_mismatch', 'build_sequences',
-           'build_sequences_cli', 'plot_sequence', 'plot_class_distributions']
+           'read_sequences', 'audit_sequences', 'table_sequences', 'iter_sequence_parts', 'write_sequences_in_parts',
+           'recorded_fingerprint', 'input_mismatch', 'build_sequences', 'build_sequences_cli', 'plot_sequence',
+           'plot_class_distributions']
 
 # %% ../nbs/02_sequences.ipynb #8b648bd4
 import os
+import shutil
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -29,7 +32,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import OHLCVError, atomic_write, check_flag, check_outputs, command, fingerprint, read_store
+from .data import (OHLCVError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, job_map,
+                           read_store)
 from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range, with_provenance,
                                indicators, read_metadata, rolling_mean, rolling_std, safe_ratio, valid_channel)
 
@@ -355,15 +359,11 @@ def iter_sequences(frames:dict, # ticker -> OHLCV frame
     ordered = snapshots.sort_values(['ticker', 'snapshot_date', 'pattern_id'], kind='stable')
     groups = [(frames[t], g, sequence_length, bar_fn) for t, g in ordered.groupby('ticker', sort=False)]
     with tqdm(total=len(snapshots), desc='sequences', unit='seq', disable=not progress) as bar:
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
-        try:
+        with job_map('processes', workers) as run:
             for s in range(0, len(groups), wave):
-                jobs = groups[s:s + wave]
-                for out in (pool.map(_ticker_job, jobs) if pool else map(_ticker_job, jobs)):
+                for out in run(_ticker_job, groups[s:s + wave]):
                     bar.update(len(out[2]))
                     yield out
-        finally:
-            if pool: pool.shutdown(cancel_futures=True)
 
 def empty_sequences(sequence_length:int=50, # timesteps per sequence
                    ) -> tuple: # (X, mask, meta) with no rows
@@ -535,6 +535,76 @@ def audit_sequences(sequences, # path of a sequences file, or (X, mask, meta) as
     table.attrs['n_checked'] = len(pick)
     return table
 
+# %% ../nbs/02_sequences.ipynb #09b6b462
+def table_sequences(t:pa.Table, # rows of a sequences file (e.g. one row group)
+                   ) -> tuple: # (X (N, L, 69) float32, mask (N, L) bool, meta DataFrame with META_COLUMNS)
+    "The arrays of a table of sequence rows, as `read_sequences` builds them."
+    k, L, F = t.num_rows, t.schema.field('sequence').type.list_size, t.schema.field('sequence').type.value_type.list_size
+    flat = lambda name: t[name].combine_chunks().flatten()
+    X = flat('sequence').flatten().to_numpy().reshape(k, L, F)
+    mask = flat('attention_mask').to_numpy(zero_copy_only=False).reshape(k, L)
+    dates = flat('sequence_dates').to_numpy(zero_copy_only=False).reshape(k, L)
+    meta = t.drop_columns(['sequence', 'attention_mask', 'sequence_dates']).to_pandas()
+    meta['outcome_class'] = meta['outcome_class'].astype('Int64')
+    meta['sequence_dates'] = list(dates)
+    return X, mask, meta
+
+def _part_job(args:tuple, # (store path, snapshot rows of a chunk of tickers in file order, sequence_length, part path)
+             ) -> tuple: # (part path, sequences written)
+    "A worker: read the chunk's tickers from the store, build their sequences, write them as one part (a row group per ticker)."
+    store, snapshots, sequence_length, path = args
+    frames = read_store(store, list(dict.fromkeys(snapshots['ticker'])))
+    with pq.ParquetWriter(path, sequence_schema(sequence_length)) as writer:
+        for ticker, g in snapshots.groupby('ticker', sort=False):
+            table = sequence_table(*ticker_sequences(frames[ticker], g, sequence_length))
+            writer.write_table(table, row_group_size=table.num_rows)
+    return path, len(snapshots)
+
+def iter_sequence_parts(ohlcv_store, # OHLCV store (a path every worker can read)
+                        snapshots:pd.DataFrame, # snapshot rows (checked by `check_snapshots`)
+                        parts_dir, # folder for the parts (a path every worker can write)
+                        scheduler:str, # 'dask' or a Dask scheduler address (`check_scheduler`)
+                        sequence_length:int=50, # timesteps per sequence
+                        workers:int=1, # Dask worker processes of the local cluster (`scheduler='dask'`)
+                        progress:bool=True, # show a progress bar (snapshots done)
+                        chunks:int=None, # parts to cut the tickers into (default: 4 per worker, at most one per ticker)
+                       ): # yields (X, mask, meta) per ticker, in ticker order, as `iter_sequences` does
+    "Sequences built by workers that read their own tickers and write numbered parts; read back in ticker order."
+    ordered = snapshots.sort_values(['ticker', 'snapshot_date', 'pattern_id'], kind='stable')
+    tickers = ordered['ticker'].unique()
+    if not len(tickers): return
+    cuts = np.array_split(tickers, min(len(tickers), chunks or 4 * workers))   # contiguous: parts in order = tickers in order
+    jobs = [(str(ohlcv_store), ordered[ordered['ticker'].isin(c)], sequence_length, str(Path(parts_dir) / f'part-{i:05d}.parquet'))
+            for i, c in enumerate(cuts)]
+    with tqdm(total=len(ordered), desc='sequences', unit='seq', disable=not progress) as bar, job_map(scheduler, workers) as run:
+        for path, n in run(_part_job, jobs):
+            part = pq.ParquetFile(path)
+            for g in range(part.num_row_groups): yield table_sequences(part.read_row_group(g))
+            part.close()
+            os.remove(path)
+            bar.update(n)
+
+def write_sequences_in_parts(ohlcv_store, # OHLCV store (a path every worker can read)
+                             snapshots:pd.DataFrame, # snapshot rows (checked by `check_snapshots`)
+                             output, # sequences parquet to write
+                             metadata:dict, # JSON-serialisable provenance, stored under `k4_nbdev`
+                             scheduler:str, # 'dask' or a Dask scheduler address
+                             sequence_length:int=50, # timesteps per sequence
+                             validate:bool=True, # run `validate_sequences` on every batch
+                             workers:int=1, # Dask worker processes of the local cluster
+                             progress:bool=True, # show a progress bar
+                             chunks:int=None, # parts (see `iter_sequence_parts`)
+                             rows_per_group:int=1024, # sequences per parquet row group
+                            ) -> int: # sequences written
+    "`write_sequences` of `iter_sequence_parts`, its parts in a temporary folder next to `output`, removed also on failure."
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    parts = tempfile.mkdtemp(prefix=f'.{Path(output).name}.parts.', dir=Path(output).parent)
+    try:
+        with closing(iter_sequence_parts(ohlcv_store, snapshots, parts, scheduler, sequence_length, workers, progress,
+                                         chunks)) as batches:   # closed (workers stopped) before the folder goes
+            return write_sequences(batches, output, metadata, sequence_length, validate, rows_per_group)
+    finally: shutil.rmtree(parts, ignore_errors=True)
+
 # %% ../nbs/02_sequences.ipynb #f319a03b
 def recorded_fingerprint(path, # parquet file written by `write_table`
                         ) -> str: # the fingerprint of the input it was built from; None when its provenance is missing
@@ -571,9 +641,11 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
                     seed:int=0, # seed of the `max_samples` sample
                     progress:bool=True, # show a progress bar
                     provenance_check:bool=True, # refuse snapshots that record no input fingerprint (False: accept, and say so)
+                    scheduler:str='processes', # 'processes' (`iter_sequences`), 'dask' or a Dask scheduler address (`write_sequences_in_parts`)
                    ) -> dict: # summary: n_sequences, skipped (reason -> rows), seconds, output
     "The stage: snapshots + OHLCV store -> `sequences.parquet`, checked, streamed and written atomically."
     t0 = time.perf_counter()
+    check_scheduler(scheduler)
     snapshots_path, ohlcv_store = Path(snapshots_path), Path(ohlcv_store)
     if not snapshots_path.exists():
         raise FileNotFoundError(f"snapshots file {snapshots_path} does not exist (run the patterns stage first)")
@@ -592,8 +664,11 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
                           'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': fingerprint(ohlcv_store),
                           'provenance_check': 'passed' if recorded_fingerprint(snapshots_path) else 'skipped'},
                 'parameters': {'max_samples': max_samples, 'seed': seed, 'validate': validate, 'skip_bad': skip_bad}}
-    try: n = write_sequences(iter_sequences(frames, keep, sequence_length, workers, progress), output, metadata,
-                             sequence_length, validate)
+    try:
+        if scheduler == 'processes':
+            n = write_sequences(iter_sequences(frames, keep, sequence_length, workers, progress), output, metadata,
+                                sequence_length, validate)
+        else: n = write_sequences_in_parts(ohlcv_store, keep, output, metadata, scheduler, sequence_length, validate, workers, progress)
     except NonFiniteError as e: raise NonFiniteError(f"{e} (inputs: {snapshots_path}, {ohlcv_store})") from None
     return {'n_sequences': n, 'skipped': skipped, 'seconds': time.perf_counter() - t0, 'output': str(output)}
 
@@ -609,6 +684,7 @@ def build_sequences_cli(input:str, # snapshots parquet written by the patterns s
                         skip_bad:bool=False, # skip bad snapshot rows, counted by reason, instead of stopping
                         seed:int=0, # seed of the --max-samples sample, 0 to 2**32 - 1
                         no_provenance_check:bool=False, # accept snapshots that record no input fingerprint (the output's metadata says so)
+                        scheduler:str='processes', # where the per-ticker work runs: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
                        ):
     "Build the 50x69 sequences of a snapshots file."
     ohlcv = ohlcv or str(Path(input).parent / 'ohlcv')
@@ -617,8 +693,10 @@ def build_sequences_cli(input:str, # snapshots parquet written by the patterns s
     check_flag(max_samples is None or max_samples >= 1, '--max-samples', max_samples, 'at least 1')
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
     check_flag(0 <= seed < 2**32, '--seed', seed, 'between 0 and 2**32 - 1')
+    check_scheduler(scheduler)
     try: summary = build_sequences(input, ohlcv, output, sequence_length, max_samples, not no_validate, workers, skip_bad,
-                                   seed, progress=sys.stderr.isatty(), provenance_check=not no_provenance_check)
+                                   seed, progress=sys.stderr.isatty(), provenance_check=not no_provenance_check,
+                                   scheduler=scheduler)
     except OHLCVError as e: raise OHLCVError(f"{ohlcv}: {e}") from None
     skipped = f"; skipped {summary['skipped']}" if summary['skipped'] else ''
     print(f"{summary['n_sequences']:,} sequences x {sequence_length} x {len(FEATURES)} in {summary['seconds']:.1f} s "

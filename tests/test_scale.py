@@ -1,0 +1,136 @@
+"Past one machine: --scheduler dask / tcp://host:port gives the same bytes as the serial path; bad values and a missing Dask are one line."
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from helpers import exit_of, stage_inputs
+
+from k4_nbdev.data import SCALE_EXTRA, check_scheduler, list_tickers, read_store
+from k4_nbdev.patterns import build_snapshots, market_snapshots, patterns_cli
+from k4_nbdev.sequences import (SequenceInputError, build_sequences, build_sequences_cli, iter_sequences, write_sequences,
+                                write_sequences_in_parts)
+
+distributed = pytest.importorskip('distributed', reason="the `scale` extra (Dask) is not installed")
+
+
+@pytest.fixture(scope='module')
+def cluster():
+    "One 2-worker local Dask cluster for the module; the tests reach it by its tcp:// address (the remote path)."
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    "The tiny synthetic market's store and snapshots, and the serial sequences file built from them."
+    folder = tmp_path_factory.mktemp('scale')
+    snaps, store = stage_inputs(folder)
+    build_sequences(snaps, store, folder / 'serial.parquet', workers=1, progress=False)
+    return snaps, store, folder / 'serial.parquet'
+
+
+def leftovers(folder): return [p.name for p in folder.iterdir() if '.parts.' in p.name]
+
+
+def test_dask_sequences_are_byte_identical(cluster, inputs, tmp_path):
+    snaps, store, serial = inputs
+    summary = build_sequences(snaps, store, tmp_path / 'dask.parquet', workers=2, progress=False, scheduler=cluster)
+    assert (tmp_path / 'dask.parquet').read_bytes() == serial.read_bytes()
+    assert summary['n_sequences'] == len(pd.read_parquet(snaps)) and leftovers(tmp_path) == []
+
+
+def test_parts_keep_row_group_boundaries(cluster, inputs, tmp_path):
+    "Many parts and small row groups: the flushes of `write_sequences` fall where the serial ones do."
+    snaps, store, _ = inputs
+    rows, frames = pd.read_parquet(snaps).sample(frac=1, random_state=3), read_store(store)
+    write_sequences(iter_sequences(frames, rows, progress=False), tmp_path / 'serial.parquet', {}, rows_per_group=7)
+    n = write_sequences_in_parts(store, rows, tmp_path / 'parts.parquet', {}, cluster, workers=2, progress=False, chunks=5,
+                                 rows_per_group=7)
+    assert n == len(rows) and (tmp_path / 'parts.parquet').read_bytes() == (tmp_path / 'serial.parquet').read_bytes()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failing_worker_leaves_no_file_and_no_parts(cluster, inputs, tmp_path):
+    snaps, store, _ = inputs
+    rows = pd.read_parquet(snaps)
+    rows.loc[len(rows) - 1, 'snapshot_date'] += pd.offsets.Week(weekday=5)   # a Saturday: the worker's check refuses it
+    with pytest.raises(SequenceInputError, match='not a trading day'):
+        write_sequences_in_parts(store, rows, tmp_path / 'never.parquet', {}, cluster, workers=2, progress=False, chunks=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_scheduler_dask_starts_a_local_cluster(inputs, tmp_path):
+    snaps, store, serial = inputs
+    out = tmp_path / 'cli.parquet'
+    status, _ = exit_of(build_sequences_cli, ['--input', str(snaps), '--ohlcv', str(store), '--output', str(out),
+                                              '--workers', '2', '--scheduler', 'dask'])
+    assert status == 0 and out.read_bytes() == serial.read_bytes() and leftovers(tmp_path) == []
+
+
+def test_dask_patterns_are_the_same_rows(cluster, inputs, tmp_path):
+    "The patterns stage on Dask: the same snapshots and patterns, row for row (and byte for byte: same store, same metadata)."
+    snaps, store, _ = inputs
+    build_snapshots(tmp_path, store, workers=2, progress=False, scheduler=cluster)
+    for name in ('snapshots.parquet', 'patterns.parquet'):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), pd.read_parquet(snaps.parent / name))
+        assert (tmp_path / name).read_bytes() == (snaps.parent / name).read_bytes(), name
+
+
+def test_dask_pattern_workers_read_their_tickers_from_the_store(cluster, inputs):
+    "Given a store, no frame travels: the driver's frames can be placeholders and the rows are still the serial ones."
+    snaps, store, _ = inputs
+    patterns, snapshots = market_snapshots({t: None for t in list_tickers(store)}, workers=2, progress=False,
+                                           scheduler=cluster, store=store)
+    pd.testing.assert_frame_equal(snapshots, pd.read_parquet(snaps))
+    pd.testing.assert_frame_equal(patterns, pd.read_parquet(snaps.parent / 'patterns.parquet'))
+
+
+@pytest.mark.parametrize('value', ['threads', 'Dask', 'http://host:8786', 'tcp://host', 'tcp://host:port', ''])
+def test_bad_scheduler_is_one_line(inputs, tmp_path, value):
+    snaps, store, _ = inputs
+    status, message = exit_of(build_sequences_cli, ['--input', str(snaps), '--ohlcv', str(store),
+                                                    '--output', str(tmp_path / 'x.parquet'), '--scheduler', value])
+    assert status == 1 and '\n' not in message and message.startswith("k4-build-sequences: --scheduler must be"), message
+    assert not (tmp_path / 'x.parquet').exists()
+
+
+def test_k4_patterns_bad_scheduler_is_one_line(inputs, tmp_path):
+    _, store, _ = inputs
+    status, message = exit_of(patterns_cli, ['--ohlcv', str(store), '--output', str(tmp_path / 's.parquet'), '--scheduler', 'thread'])
+    assert status == 1 and message.startswith("k4-patterns: --scheduler must be") and '\n' not in message, message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pipeline_refuses_a_bad_scheduler_before_any_stage(tmp_path):
+    from k4_nbdev.pipeline import pipeline_cli
+    status, message = exit_of(pipeline_cli, ['--runs-root', str(tmp_path), '-p', 'scheduler', 'threads'])
+    assert status == 1 and '-p scheduler must be' in message and '\n' not in message, message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_dask_the_default_works_and_dask_is_one_line(inputs, tmp_path):
+    "With dask hidden: the default path runs (and imports no Dask); --scheduler dask ends in one line naming the extra."
+    snaps, store, serial = inputs
+    code = ("import sys\n"
+            "class Hide:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('dask', 'distributed'):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from k4_nbdev.sequences import build_sequences_cli\n"
+            f"args = ['--input', {str(snaps)!r}, '--ohlcv', {str(store)!r}, '--workers', '2']\n"
+            f"build_sequences_cli(args + ['--output', {str(tmp_path / 'default.parquet')!r}])\n"
+            "assert not {'dask', 'distributed'} & set(sys.modules), 'the default path imported Dask'\n"
+            f"build_sequences_cli(args + ['--output', {str(tmp_path / 'dask.parquet')!r}, '--scheduler', 'dask'])\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and SCALE_EXTRA in lines[0] and lines[0].startswith('k4-build-sequences: --scheduler dask'), r.stderr
+    assert (tmp_path / 'default.parquet').read_bytes() == serial.read_bytes()
+    assert not (tmp_path / 'dask.parquet').exists()
+
+
+def test_check_scheduler_accepts_the_three_forms():
+    assert [check_scheduler(s) for s in ('processes', 'dask', 'tcp://10.0.0.5:8786', 'tcp://sched.example.org:8786')] == \
+           ['processes', 'dask', 'tcp://10.0.0.5:8786', 'tcp://sched.example.org:8786']
