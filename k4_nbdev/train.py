@@ -710,6 +710,4 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
 
 
 # %% ../nbs/05_train.ipynb #7c967875
-#| eval: false
-if __name__ == '__main__': train_cli()   # `python -m k4_nbdev.train` (what torchrun starts) is `k4-train`
-
+if __name__ == '__main__' and '__file__' in globals(): train_cli()   # `python -m k4_nbdev.train` (what torchrun starts) is `k4-train`; a notebook kernel, also named __main__, has no __file__
