@@ -758,7 +758,10 @@ def job_map(scheduler:str='processes', # 'processes', 'dask' or 'tcp://host:port
                 cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                            dashboard_address=None))
             client = stack.enter_context(Client(cluster))
-        else: client = stack.enter_context(Client(scheduler))
+        else:
+            try: client = stack.enter_context(Client(scheduler))
+            except (OSError, TimeoutError) as e:
+                raise UsageError(f"--scheduler {scheduler}: no Dask scheduler answers there ({e}); start one or give another address") from None
         def run(fn, jobs, chunksize=1):
             futures = client.map(fn, list(jobs), pure=False)[::-1]
             while futures: yield futures.pop().result()   # in job order; a result leaves the cluster once taken

@@ -134,3 +134,15 @@ def test_without_dask_the_default_works_and_dask_is_one_line(inputs, tmp_path):
 def test_check_scheduler_accepts_the_three_forms():
     assert [check_scheduler(s) for s in ('processes', 'dask', 'tcp://10.0.0.5:8786', 'tcp://sched.example.org:8786')] == \
            ['processes', 'dask', 'tcp://10.0.0.5:8786', 'tcp://sched.example.org:8786']
+
+
+def test_unreachable_scheduler_is_one_line_and_writes_nothing(inputs, tmp_path):
+    "An address where no scheduler answers: one line naming --scheduler and the address, no output, no parts."
+    snaps, store, _ = inputs
+    env_timeout = "import dask; dask.config.set({'distributed.comm.timeouts.connect': '2s'}); "
+    run = subprocess.run([sys.executable, '-c', env_timeout + 'from k4_nbdev.sequences import build_sequences_cli; build_sequences_cli()',
+                          '--input', str(snaps), '--ohlcv', str(store), '--output', str(tmp_path / 'seq.parquet'),
+                          '--scheduler', 'tcp://127.0.0.1:1'], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.count('\n') == 1, run.stderr
+    assert '--scheduler tcp://127.0.0.1:1: no Dask scheduler answers there' in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
