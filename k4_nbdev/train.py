@@ -6,17 +6,19 @@
 __all__ = ['RECIPE', 'RUN_FILES', 'WINDOW_STATS', 'Recipe', 'SplitError', 'purged_split', 'split_table', 'walk_forward_folds',
            'selection_split', 'rank_order', 'average_precision', 'per_class_table', 'ev_correlation',
            'classification_metrics', 'calibration_error', 'fit_calibration', 'param_groups', 'check_settings',
-           'load_resume', 'epoch_order', 'warmup_cosine', 'train', 'calibrate', 'fold_data', 'load_training_data',
-           'fit_model', 'checkpoint_probs', 'window_summaries', 'window_feature_names', 'lightgbm_baseline',
-           'plot_history', 'train_cli']
+           'load_resume', 'epoch_order', 'warmup_cosine', 'train', 'calibrate', 'processes', 'shard', 'fold_data',
+           'load_training_data', 'fit_model', 'checkpoint_probs', 'window_summaries', 'window_feature_names',
+           'lightgbm_baseline', 'plot_history', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #4e3df7c2
 import json
 import math
+import os
 import sys
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 import k4_nbdev
@@ -324,53 +327,59 @@ def _losses(loss:str, k4_weight:float, sampling:list, device:str) -> tuple:
     fit_weights = weights if sampling is None else weights / np.asarray(sampling, float)
     return make_loss(loss, class_weights=fit_weights.tolist()).to(device), make_loss(loss, class_weights=weights.tolist())
 
-def _start(out:Path, resume, config:dict, model, opt, sched, gen) -> tuple:
+def _start(out:Path, resume, config:dict, model, opt, sched, gen, rank:int=0, world:int=1) -> tuple:
     "(state, run id): a fresh run clears the folder's run files; a resumed one restores every state it saved."
     state = {'epoch': 0, 'history': [], 'best_score': None, 'best_epoch': 0, 'stale': 0}
     if resume is None:
-        for name in RUN_FILES: (out / name).unlink(missing_ok=True)   # an earlier run's result must never pass for this one's
+        if rank == 0:
+            for name in RUN_FILES: (out / name).unlink(missing_ok=True)   # an earlier run's result must never pass for this one's
         return state, uuid.uuid4().hex
     ck = load_resume(resume, out)
     if {k: ck['config'].get(k) for k in config} != config:
         raise ValueError(f"cannot resume from {resume}: it was trained with {ck['config']}, this run asks for {config}")
     model.load_state_dict(ck['state_dict']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
     gen.set_state(ck['rng']['shuffle']); torch.set_rng_state(ck['rng']['torch'])
+    if len(ck['rng'].get('torch_ranks', ())) == world > 1: torch.set_rng_state(ck['rng']['torch_ranks'][rank])   # each rank's dropout stream
     state = {k: ck['training'][k] for k in state}
     state['best_score'] = tuple(state['best_score']) if state['best_score'] is not None else None
     return state, ck.get('run_id')
 
 def _fit_epoch(model, criterion, opt, sched, tensors:tuple, order:torch.Tensor, batch_size:int, device:str,
-               desc:str, show:bool) -> tuple:
-    "One pass of optimiser steps over the rows in `order`: (mean loss, rows seen, the logits of every step)."
+               desc:str, show:bool, rank:int=0, world:int=1) -> tuple:
+    "One pass of optimiser steps over the rows in `order` (each rank its shard of every batch): (mean loss, rows seen, the logits of every step)."
     Xt, mt, yt = tensors
     model.train()
-    seen, total, logits_all = 0, 0.0, []
+    seen, total, logits_all, rows = 0, 0.0, [], []
     for i in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show, leave=False):
-        idx = order[i:i + batch_size]
+        idx, (lo, hi), scale = shard(order[i:i + batch_size], rank, world)
         x, m, y = Xt[idx].to(device), mt[idx].to(device), yt[idx].to(device)
         logits = model(x, m)
         l = criterion(logits, y)
-        opt.zero_grad(); l.backward()
+        opt.zero_grad(); (l if scale == 1.0 else l * scale).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step()
-        total += l.item() * len(idx); seen += len(idx); logits_all.append(logits.detach())
+        total += l.item() * (hi - lo); seen += hi - lo; logits_all.append(logits.detach()[:hi - lo]); rows.append((i + lo, i + hi))
+    if world > 1: return _whole_epoch(total, torch.cat(logits_all), rows, len(order))
     return total / seen, seen, torch.cat(logits_all)
 
-def _keep_epoch(out:Path, base:dict, state:dict, row:dict, model, opt, sched, gen) -> bool:
-    "Record an epoch: best.pt when the selection slice improved, always last.pt and history.json. True when it improved."
+def _keep_epoch(out:Path, base:dict, state:dict, row:dict, model, opt, sched, gen, rank:int=0, world:int=1) -> bool:
+    "Record an epoch: best.pt when the selection slice improved, always last.pt and history.json (rank 0 writes). True when it improved."
     state['history'].append(row)
     sel_m = {k[4:]: v for k, v in row.items() if k.startswith('sel_')}
     score = _score(sel_m)
     improved = state['best_score'] is None or score > state['best_score']
+    rng = {'shuffle': gen.get_state(), 'torch': torch.get_rng_state(), **_rank_rng(world)}
     if improved:
         state.update(best_score=score, best_epoch=row['epoch'], stale=0)
-        save_checkpoint(out / 'best.pt', {**base, 'state_dict': model.state_dict(), 'epoch': row['epoch'], 'metrics': sel_m,
-                                          'report_metrics': {k[4:]: v for k, v in row.items() if k.startswith('val_')},
-                                          'history': state['history']})
+        if rank == 0:
+            save_checkpoint(out / 'best.pt', {**base, 'state_dict': model.state_dict(), 'epoch': row['epoch'], 'metrics': sel_m,
+                                              'report_metrics': {k[4:]: v for k, v in row.items() if k.startswith('val_')},
+                                              'history': state['history']})
     else: state['stale'] += 1
     state['epoch'] = row['epoch']
+    if rank != 0: return improved
     save_checkpoint(out / 'last.pt', {**base, 'state_dict': model.state_dict(), 'optimizer': opt.state_dict(),
-                                      'scheduler': sched.state_dict(), 'rng': {'shuffle': gen.get_state(), 'torch': torch.get_rng_state()},
+                                      'scheduler': sched.state_dict(), 'rng': rng,
                                       'training': {**state, 'best_score': list(state['best_score'])}, 'history': state['history']})
     with atomic_write(out / 'history.json') as tmp: tmp.write_text(json.dumps(state['history'], indent=1))
     return improved
@@ -390,13 +399,13 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled f
           loss:str=RECIPE.loss, # a key of LOSSES
           k4_weight:float=RECIPE.k4_weight, # class weight of K4
           epochs:int=RECIPE.epochs, # most epochs to train
-          batch_size:int=RECIPE.batch_size, # sequences per optimiser step
+          batch_size:int=RECIPE.batch_size, # sequences per optimiser step (the global batch, however many processes share it)
           learning_rate:float=RECIPE.learning_rate, # peak AdamW learning rate
           weight_decay:float=RECIPE.weight_decay, # AdamW decay of the weight matrices
           patience:int=RECIPE.patience, # epochs without a better selection score before stopping
           dropout:float=RECIPE.dropout, # dropout of the network
           seed:int=RECIPE.seed, # seed of the initialisation, shuffling and dropout
-          device:str='cpu', # torch device
+          device:str='cpu', # torch device (under torchrun with cuda: cuda:LOCAL_RANK)
           sampling:list=RECIPE.sampling, # relative draw rate per class (loss weights divided by it); None: each row once per epoch
           warmup:float=RECIPE.warmup, # share of the steps with a linear learning-rate warm-up
           report:tuple=None, # (X, mask, y) of the outer validation period: scored every epoch, never used to decide
@@ -404,8 +413,8 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled f
           until_epoch:int=None, # stop (resumably) after this epoch; None = run to the end
           verbose:bool=True, # print one line per epoch
           progress:bool=None, # batch progress bar (None: only on a terminal)
-         ) -> dict: # {'best': best checkpoint path, 'history': per-epoch metrics, 'best_metrics': selection metrics, ...}
-    "Train MambaAttention; early stopping, best checkpoint and calibration on the selection slice only."
+         ) -> dict: # {'best': best checkpoint path, 'history': per-epoch metrics, 'best_metrics': selection metrics, ...}; None on ranks other than 0
+    "Train MambaAttention; early stopping, best checkpoint and calibration on the selection slice only. Under torchrun: DistributedDataParallel."
     check_settings(epochs, batch_size, learning_rate, patience, k4_weight, model_size, backend, loss)
     _check_sides((X_train, m_train, y_train), (X_sel, m_sel, y_sel), report, sampling)
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
@@ -413,37 +422,50 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled f
                   batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, patience=patience,
                   dropout=dropout, seed=seed, sampling=None if sampling is None else [float(s) for s in sampling],
                   warmup=warmup, sequence_length=int(X_train.shape[1]))
-    torch.manual_seed(seed)
-    model = create_mamba_attention_model(len(FEATURES), len(CLASS_NAMES), model_size, backend, dropout).to(device)
-    config['backend'] = model.backend
-    criterion, judge = _losses(loss, k4_weight, sampling, device)
-    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * math.ceil(len(X_train) / batch_size), warmup))
-    gen = torch.Generator().manual_seed(seed)
-    state, run_id = _start(out, resume, config, model, opt, sched, gen)
-    base = {'format': CHECKPOINT_FORMAT, 'version': k4_nbdev.__version__, 'run_id': run_id, 'config': config,
-            'feature_names': list(FEATURES), 'class_names': list(CLASS_NAMES), 'strategic_values': list(STRATEGIC_VALUES), **meta}
-    tensors = torch.as_tensor(X_train), torch.as_tensor(m_train != 0), torch.as_tensor(y_train, dtype=torch.long)
-    show = sys.stderr.isatty() if progress is None else progress
-    for epoch in range(state['epoch'] + 1, epochs + 1):
-        if state['stale'] >= patience: break
-        t0, order = time.perf_counter(), epoch_order(y_train, gen, sampling)
-        mean_loss, seen, logits = _fit_epoch(model, criterion, opt, sched, tensors, order, batch_size, device, f'epoch {epoch}', show)
-        if not math.isfinite(mean_loss):
-            raise ValueError(f"epoch {epoch}: the training loss is NaN or infinite, the weights diverged; "
-                             "lower --learning-rate or --k4-weight (nothing of this epoch was saved)")
-        train_m = classification_metrics(torch.softmax(logits, -1).cpu().numpy(), y_train[order.numpy()])
-        row = {'epoch': epoch, 'seconds': round(time.perf_counter() - t0, 2), 'samples_per_s': round(seen / (time.perf_counter() - t0), 1),
-               'lr': sched.get_last_lr()[0], 'train_loss': mean_loss, **{f'train_{k}': v for k, v in train_m.items()},
-               **_epoch_metrics(model, judge, X_sel, m_sel, y_sel, device, 'sel'),
-               **(_epoch_metrics(model, judge, *report, device, 'val') if report is not None else {})}
-        improved = _keep_epoch(out, base, state, row, model, opt, sched, gen)
-        if verbose: print(_epoch_line(row, epochs, improved), flush=True)
-        if until_epoch is not None and epoch >= until_epoch: break
+    with processes(device) as (rank, world, device):
+        torch.manual_seed(seed)
+        model = create_mamba_attention_model(len(FEATURES), len(CLASS_NAMES), model_size, backend, dropout).to(device)
+        config['backend'] = model.backend
+        if rank: torch.manual_seed(seed + rank)   # the same initial weights on every rank, its own dropout masks
+        criterion, judge = _losses(loss, k4_weight, sampling, device)
+        opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=learning_rate)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * math.ceil(len(X_train) / batch_size), warmup))
+        gen = torch.Generator().manual_seed(seed)
+        state, run_id = _start(out, resume, config, model, opt, sched, gen, rank, world)
+        net = _parallel(model, world, device)
+        base = {'format': CHECKPOINT_FORMAT, 'version': k4_nbdev.__version__, 'run_id': run_id, 'config': config,
+                'feature_names': list(FEATURES), 'class_names': list(CLASS_NAMES), 'strategic_values': list(STRATEGIC_VALUES), **meta}
+        tensors = torch.as_tensor(X_train), torch.as_tensor(m_train != 0), torch.as_tensor(y_train, dtype=torch.long)
+        show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
+        for epoch in range(state['epoch'] + 1, epochs + 1):
+            if state['stale'] >= patience: break
+            t0, order = time.perf_counter(), epoch_order(y_train, gen, sampling)
+            mean_loss, seen, logits = _fit_epoch(net, criterion, opt, sched, tensors, order, batch_size, device, f'epoch {epoch}', show, rank, world)
+            if not math.isfinite(mean_loss):
+                raise ValueError(f"epoch {epoch}: the training loss is NaN or infinite, the weights diverged; "
+                                 "lower --learning-rate or --k4-weight (nothing of this epoch was saved)")
+            row = _agree(_epoch_row(model, judge, epoch, t0, seen, sched, mean_loss, logits, y_train[order.numpy()],
+                                    (X_sel, m_sel, y_sel), report, device) if rank == 0 else None, world)
+            improved = _keep_epoch(out, base, state, row, model, opt, sched, gen, rank, world)
+            if verbose and rank == 0: print(_epoch_line(row, epochs, improved), flush=True)
+            if until_epoch is not None and epoch >= until_epoch: break
+        return _finish(out, run_id, state, (X_sel, m_sel, y_sel), report, device) if rank == 0 else None
+
+def _epoch_row(model, judge, epoch:int, t0:float, seen:int, sched, mean_loss:float, logits, y_seen:np.ndarray,
+               selection:tuple, report:tuple, device:str) -> dict:
+    "An epoch's record: time, learning rate, the training side's loss and metrics, the selection slice's and the validation period's."
+    train_m = classification_metrics(torch.softmax(logits, -1).cpu().numpy(), y_seen)
+    return {'epoch': epoch, 'seconds': round(time.perf_counter() - t0, 2), 'samples_per_s': round(seen / (time.perf_counter() - t0), 1),
+            'lr': sched.get_last_lr()[0], 'train_loss': mean_loss, **{f'train_{k}': v for k, v in train_m.items()},
+            **_epoch_metrics(model, judge, *selection, device, 'sel'),
+            **(_epoch_metrics(model, judge, *report, device, 'val') if report is not None else {})}
+
+def _finish(out:Path, run_id:str, state:dict, selection:tuple, report:tuple, device:str) -> dict:
+    "Check best.pt is this run's, calibrate it on the selection slice, and report the run."
     best = load_checkpoint(out / 'best.pt') if (out / 'best.pt').exists() else {}
     if best.get('run_id') != run_id or best.get('epoch') != state['best_epoch']:
         raise ValueError(f"{out / 'best.pt'} was not written by this run (or is missing): refusing to report it as this run's result")
-    calibrate(best, out / 'best.pt', (X_sel, m_sel, y_sel), report, device)
+    calibrate(best, out / 'best.pt', selection, report, device)
     return {'best': out / 'best.pt', 'last': out / 'last.pt', 'history': state['history'], 'best_epoch': best['epoch'],
             'best_metrics': best['metrics'], 'report_metrics': best['report_metrics'], 'calibration': best['calibration'],
             'calibration_error': best['calibration_error']}
@@ -465,6 +487,60 @@ def calibrate(ckpt:dict, # the best checkpoint, loaded
         ckpt['calibration_error'][side] = {'before': calibration_error(calibrated_proba(z), data[2]),
                                            'after': calibration_error(calibrated_proba(z, ckpt['calibration']), data[2])}
     save_checkpoint(path, ckpt)
+
+# %% ../nbs/05_train.ipynb #afa210b2
+@contextmanager
+def processes(device:str='cpu', # torch device asked for; under torchrun with cuda each process takes cuda:LOCAL_RANK
+             ): # yields (rank, world size, device)
+    "Join torchrun's process group (gloo on cpu, nccl on cuda) when WORLD_SIZE > 1, and leave it at the end; one process otherwise."
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1 and not dist.is_initialized():
+        yield 0, 1, device
+        return
+    if str(device).startswith('cuda'):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"; torch.cuda.set_device(device)
+    owned = not dist.is_initialized()   # a caller that set up its own group keeps it
+    if owned: dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+        dist.barrier()   # the other ranks wait for rank 0's calibration before the group goes away
+    finally:
+        if owned: dist.destroy_process_group()
+
+def shard(batch:torch.Tensor, # a global batch's rows, `order[i:i + batch_size]`
+          rank:int=0, # this process's rank
+          world:int=1, # number of processes
+         ) -> tuple: # (rows this rank computes, (lo, hi) their positions in the batch, factor on their mean loss)
+    "This rank's contiguous share of a global batch, and the factor that makes DDP's average of the ranks' gradients the global batch's gradient."
+    if world == 1: return batch, (0, len(batch)), 1.0
+    lo, hi = len(batch) * rank // world, len(batch) * (rank + 1) // world
+    if lo == hi: return batch[:1], (lo, lo), 0.0   # fewer rows than ranks: this one contributes a zero gradient to the average
+    return batch[lo:hi], (lo, hi), world * (hi - lo) / len(batch)
+
+def _parallel(model, world:int, device:str):
+    "The network the optimiser steps run through: itself in one process, DistributedDataParallel (gradients averaged over ranks) in several."
+    if world == 1: return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.startswith('cuda') else None)
+
+def _whole_epoch(total:float, logits:torch.Tensor, rows:list, n:int) -> tuple:
+    "The ranks' shares of an epoch put together on every rank: (mean loss, rows, the logits in the epoch's order)."
+    full = logits.new_zeros(n, logits.shape[1])
+    full[torch.cat([torch.arange(lo, hi) for lo, hi in rows]).to(logits.device)] = logits
+    summed = torch.tensor([total], dtype=torch.float64, device=logits.device)
+    dist.all_reduce(full); dist.all_reduce(summed)   # each row is non-zero on exactly one rank
+    return summed.item() / n, n, full
+
+def _agree(row:dict, world:int) -> dict:
+    "Rank 0's record of the epoch on every rank, so all take the same early-stopping decision."
+    if world == 1: return row
+    box = [row]; dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+def _rank_rng(world:int) -> dict:
+    "Every rank's torch random state (its dropout stream), for last.pt: empty in one process."
+    if world == 1: return {}
+    states = [None] * world; dist.all_gather_object(states, torch.get_rng_state())
+    return {'torch_ranks': states}
+
 
 # %% ../nbs/05_train.ipynb #e3598f3d
 def fold_data(data:dict, # sequences: X, mask, y, meta, source, fingerprint (e.g. from `load_training_data`)
@@ -499,7 +575,7 @@ def load_training_data(sequences, # sequences.parquet written by the sequence bu
 def fit_model(data:dict, # from `load_training_data`
               output_dir, # model folder: best.pt (+ timestamped copy), last.pt, history.json
               **kwargs, # passed to `train` (model_size, loss, epochs, ...)
-             ) -> dict: # `train`'s result plus the scaler
+             ) -> dict: # `train`'s result plus the scaler (None on ranks other than 0 under torchrun)
     "Scale with the fitting rows' statistics, train on them, select and calibrate on the selection slice, keep a timestamped copy."
     X, mask, y = data['X'], data['mask'], data['y']
     scaler = fit_scaler(X[data['fit']], mask[data['fit']])
@@ -508,6 +584,7 @@ def fit_model(data:dict, # from `load_training_data`
                 {'scaler': scaler, 'split': data['info'], 'split_date': data['info']['split_date'], 'sequences': data['source'],
                  'input': {'sequences': {'path': data['source'], 'fingerprint': data['fingerprint']}}},
                 report=side(data['val']), **kwargs)
+    if res is None: return None   # a rank other than 0 of a torchrun job: rank 0 wrote and reports the model
     stamp = Path(output_dir) / f"best_{datetime.now().strftime('%Y%m%d_%H%M%S_%f')}.pt"
     with atomic_write(stamp) as tmp: tmp.write_bytes(res['best'].read_bytes())
     return {**res, 'scaler': scaler, 'stamped': stamp}
@@ -600,26 +677,30 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
               backend:Literal[BACKENDS]=RECIPE.backend, # sequence mixer
               loss:Literal[tuple(LOSSES)]=RECIPE.loss, # training loss
               k4_weight:float=RECIPE.k4_weight, # class weight of K4, above 0
+              dropout:float=RECIPE.dropout, # dropout of the network, in [0, 1)
               seed:int=RECIPE.seed, # random seed
               resume:str=None, # last.pt of an interrupted run in --output-dir with the same settings
               device:str='cpu', # torch device, e.g. cpu or cuda
               no_provenance_check:bool=False, # accept a sequences file without the builder's provenance metadata
              ):
-    "Train MambaAttention on a sequences file with the purged temporal split."
+    "Train MambaAttention on a sequences file with the purged temporal split (on several processes under torchrun)."
     check_outputs({'--output-dir': output_dir}, {'--sequences': sequences})
     if _same_or_inside(Path(sequences).resolve(), Path(output_dir).resolve()):
         raise UsageError(f"--output-dir {output_dir} contains the input --sequences {sequences}: give the model its own folder")
     check_settings(epochs, batch_size, learning_rate, patience, k4_weight, model_size, backend, loss, split_ratio)
     check_flag(0 < inner_ratio < 1, '--inner-ratio', inner_ratio, 'strictly between 0 and 1')
+    check_flag(0 <= dropout < 1, '--dropout', dropout, 'in [0, 1)')
     check_device(device)
+    main = int(os.environ.get('RANK', '0')) == 0   # under torchrun only rank 0 speaks
     if resume is not None: load_resume(resume, output_dir)
     data = load_training_data(sequences, split_ratio, provenance_check=not no_provenance_check, inner_ratio=inner_ratio)
     i = data['info']
-    print(f"split date {i['split_date']}: {i['n_fit']} fitting and {i['n_select']} selection rows (from {i['selection_date']}) "
-          f"for training, {i['n_val']} validation, {i['n_purged'] + i['n_purged_inner']} purged")
+    if main: print(f"split date {i['split_date']}: {i['n_fit']} fitting and {i['n_select']} selection rows (from {i['selection_date']}) "
+                   f"for training, {i['n_val']} validation, {i['n_purged'] + i['n_purged_inner']} purged")
     res = fit_model(data, output_dir, model_size=model_size, backend=backend, loss=loss, k4_weight=k4_weight,
                     epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                    seed=seed, device=device, resume=resume)
+                    dropout=dropout, seed=seed, device=device, resume=resume)
+    if res is None: return
     short = lambda m: json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})
     print(f"best epoch {res['best_epoch']} (chosen on the selection slice): {short(res['best_metrics'])}")
     print(f"validation (reported only): {short(res['report_metrics'])}")
@@ -627,3 +708,6 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
           f"{res['calibration_error']['validation']['before']:.4f} before, {res['calibration_error']['validation']['after']:.4f} after")
     print(f"checkpoint: {res['best']} (copy: {res['stamped']})")
 
+
+# %% ../nbs/05_train.ipynb #7c967875
+if __name__ == '__main__' and '__file__' in globals(): train_cli()   # `python -m k4_nbdev.train` (what torchrun starts) is `k4-train`; a notebook kernel, also named __main__, has no __file__
