@@ -11,6 +11,7 @@ __all__ = ['RECIPE', 'RUN_FILES', 'WINDOW_STATS', 'Recipe', 'SplitError', 'purge
            'lightgbm_baseline', 'plot_history', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #4e3df7c2
+import gc
 import json
 import math
 import os
@@ -449,7 +450,9 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled f
             improved = _keep_epoch(out, base, state, row, model, opt, sched, gen, rank, world)
             if verbose and rank == 0: print(_epoch_line(row, epochs, improved), flush=True)
             if until_epoch is not None and epoch >= until_epoch: break
-        return _finish(out, run_id, state, (X_sel, m_sel, y_sel), report, device) if rank == 0 else None
+        result = _finish(out, run_id, state, (X_sel, m_sel, y_sel), report, device) if rank == 0 else None
+        del net, model, opt, sched   # DDP's gradient hooks hold the process group: they go before the group does (processes())
+    return result
 
 def _epoch_row(model, judge, epoch:int, t0:float, seen:int, sched, mean_loss:float, logits, y_seen:np.ndarray,
                selection:tuple, report:tuple, device:str) -> dict:
@@ -504,6 +507,9 @@ def processes(device:str='cpu', # torch device asked for; under torchrun with cu
         yield dist.get_rank(), dist.get_world_size(), device
         dist.barrier()   # the other ranks wait for rank 0's calibration before the group goes away
     finally:
+        # Whatever still refers to the group (DDP's reducer, kept alive by reference cycles) is freed now, while the
+        # interpreter is whole: a gloo group torn down during interpreter exit aborts the process (SIGABRT).
+        gc.collect()
         if owned: dist.destroy_process_group()
 
 def shard(batch:torch.Tensor, # a global batch's rows, `order[i:i + batch_size]`
