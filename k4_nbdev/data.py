@@ -6,10 +6,10 @@
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'SCALES', 'TRUTH_COLUMNS', 'PRECURSORS',
            'REAL_SOURCES', 'TRUTH_FILE', 'USER_ERRORS', 'SCHEDULERS', 'SCALE_EXTRA', 'OHLCVError', 'validate_ohlcv',
            'parse_dates', 'normalise_ohlcv', 'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store',
-           'MarketParams', 'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts',
-           'load_source', 'build_store', 'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag', 'check_outputs',
-           'os_error_line', 'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli', 'check_scheduler',
-           'job_map']
+           'StoreFrames', 'MarketParams', 'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples',
+           'stylized_facts', 'load_source', 'build_store', 'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag',
+           'check_outputs', 'os_error_line', 'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli',
+           'check_scheduler', 'job_map']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
@@ -21,6 +21,7 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -46,25 +47,32 @@ class OHLCVError(ValueError):
 # %% ../nbs/00_data.ipynb #c9f17a94
 def _row_rules(df:pd.DataFrame, # frame with all of OHLCV_COLUMNS
               ) -> dict: # rule name -> boolean numpy mask of offending rows
-    "Evaluate every row-level rule of the schema on `df`."
-    values = df[PRICE_COLUMNS + ['volume']].apply(pd.to_numeric, errors='coerce')
-    not_numeric = (values.isna() & df[PRICE_COLUMNS + ['volume']].notna()).any(axis=1).to_numpy()
-    finite = np.isfinite(values.to_numpy(dtype=float))
-    nan = (~finite).any(axis=1) & ~not_numeric | df['date'].isna().to_numpy()
-    o, h, l, c, v = (values[k].to_numpy(dtype=float) for k in ['open', 'high', 'low', 'close', 'volume'])
-    prices = values[PRICE_COLUMNS].to_numpy(dtype=float)
+    "Evaluate every row-level rule of the schema on `df` (numpy throughout: it runs on every ticker of every read)."
+    raw = df[PRICE_COLUMNS + ['volume']]
+    if all(pd.api.types.is_numeric_dtype(t) for t in raw.dtypes): coerced, not_numeric = raw, np.zeros(len(df), bool)
+    else:
+        coerced = raw.apply(pd.to_numeric, errors='coerce')
+        not_numeric = (coerced.isna() & raw.notna()).any(axis=1).to_numpy()
+    values = coerced.to_numpy(dtype=float, na_value=np.nan)
+    o, h, l, c, v = values.T
+    prices = values[:, :4]
+    dates = df['date'].to_numpy('datetime64[ns]')
+    nat = np.isnat(dates)
     with np.errstate(invalid='ignore'):
-        rules = {'not_numeric': not_numeric, 'nan': nan,
-                 'non_positive_price': (values[PRICE_COLUMNS] <= 0).any(axis=1).to_numpy(),
+        rules = {'not_numeric': not_numeric, 'nan': (~np.isfinite(values)).any(axis=1) & ~not_numeric | nat,
+                 'non_positive_price': (prices <= 0).any(axis=1),
                  'absurd_price': (((prices > 0) & (prices < PRICE_RANGE[0])) | (np.isfinite(prices) & (prices > PRICE_RANGE[1])))
                                  .any(axis=1),
                  'negative_volume': v < 0,
                  'low_above_open_close': l > np.minimum(o, c),
                  'high_below_open_close': h < np.maximum(o, c)}
-    dates = df['date']
-    rules['duplicate_date'] = (dates.duplicated(keep='first') & dates.notna()).to_numpy()
-    seen_max = dates.cummax().shift(1)
-    rules['unsorted_date'] = ((dates < seen_max) & ~rules['duplicate_date']).fillna(False).to_numpy(dtype=bool)
+    ns = dates.view('int64')   # NaT is the smallest int64, so it never raises the running maximum
+    duplicate = np.ones(len(df), bool)
+    duplicate[np.unique(ns, return_index=True)[1]] = False
+    rules['duplicate_date'] = duplicate & ~nat
+    before = np.r_[np.iinfo(np.int64).min, np.maximum.accumulate(ns)[:-1]]   # latest date on an earlier row
+    after_nat = np.r_[True, nat[:-1]]   # (the row after a missing date is not compared)
+    rules['unsorted_date'] = (ns < before) & ~nat & ~after_nat & ~rules['duplicate_date']
     return rules
 
 # %% ../nbs/00_data.ipynb #7a70f5c1
@@ -94,9 +102,8 @@ def validate_ohlcv(df:pd.DataFrame, # one ticker's bars with at least OHLCV_COLU
                  for rule, g in report.groupby('rule', sort=True)]
         raise OHLCVError(f"OHLCV for ticker {ticker!r} breaks {report['rule'].nunique()} rule(s):\n" + '\n'.join(lines)
                          + "\nFix the source, or pass on_error='drop' to remove these rows with a report.")
-    bad = np.zeros(len(df), bool)
-    for mask in rules.values(): bad |= mask
-    clean = df.loc[~bad].reset_index(drop=True)
+    bad = np.logical_or.reduce(list(rules.values()))
+    clean = df.loc[~bad].reset_index(drop=True) if bad.any() else df
     clean[PRICE_COLUMNS + ['volume']] = clean[PRICE_COLUMNS + ['volume']].astype('float64')
     clean['date'] = clean['date'].astype('datetime64[ns]')
     return clean, report
@@ -236,10 +243,32 @@ def read_store(path, # store folder or long parquet file
     if unknown: raise KeyError(f"tickers {unknown} are not in store {path} (it holds {len(raw)} tickers)")
     out = {}
     for t in wanted:
-        frame = raw[t] if isinstance(raw[t], pd.DataFrame) else normalise_ohlcv(_read_file(raw[t]))
-        out[t], report = validate_ohlcv(frame, t, on_error)
+        out[t], report = _validated(raw[t], t, on_error)
         if reports is not None and len(report): reports.append(report)
     return out
+
+def _validated(source, # a ticker's frame, or the path of its file
+               ticker:str, on_error:str='raise') -> tuple:
+    "`validate_ohlcv` of a ticker's frame or file."
+    return validate_ohlcv(source if isinstance(source, pd.DataFrame) else normalise_ohlcv(_read_file(source)), ticker, on_error)
+
+class StoreFrames(Mapping):
+    "A store read lazily: ticker -> validated OHLCV frame, read from disk on each access and never kept (a long parquet is read once)."
+    def __init__(self, path, # store folder or long parquet file
+                ):
+        self.path = Path(path)
+        self._files = _store_files(self.path) if not self.path.is_file() else None   # listed once: ticker -> file
+        self.tickers = sorted(self._files) if self._files is not None else list_tickers(self.path)
+        self._long = None   # a long parquet holds every ticker in one file: read whole, once, when first needed
+    def __getitem__(self, ticker):
+        if self._files is not None: return _validated(self._files[ticker], ticker)[0]
+        if self._long is None: self._long = read_store(self.path)
+        return self._long[ticker]
+    def __iter__(self): return iter(self.tickers)
+    def __len__(self): return len(self.tickers)
+    def __contains__(self, ticker): return ticker in (self._files if self._files is not None else set(self.tickers))
+    def __getstate__(self): return {**self.__dict__, '_long': None}   # a worker gets the path, not the frames
+
 
 # %% ../nbs/00_data.ipynb #d8224688
 @dataclass(frozen=True)

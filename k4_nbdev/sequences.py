@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import k4_nbdev
 from .data import (OHLCVError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, job_map,
-                           read_store)
+                           read_store, StoreFrames)
 from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range, with_provenance,
                                indicators, read_metadata, rolling_mean, rolling_std, safe_ratio, valid_channel)
 
@@ -343,11 +343,13 @@ def ticker_sequences(df:pd.DataFrame, # one ticker's validated OHLCV, oldest fir
     return X, valid, meta
 
 # %% ../nbs/02_sequences.ipynb #ee33f87f
-def _ticker_job(args:tuple) -> tuple:
-    "`ticker_sequences` in a worker."
-    return ticker_sequences(*args)
+def _ticker_job(args:tuple, # (frames: a mapping that holds the ticker, e.g. `StoreFrames`; ticker; its snapshot rows; sequence_length; bar_fn)
+               ) -> tuple:
+    "`ticker_sequences` in a worker, which reads the ticker's frame itself (a `StoreFrames` travels as its path)."
+    frames, ticker, *rest = args
+    return ticker_sequences(frames[ticker], *rest)
 
-def iter_sequences(frames:dict, # ticker -> OHLCV frame
+def iter_sequences(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (each ticker read where its job runs)
                    snapshots:pd.DataFrame, # snapshot rows of any tickers (checked by `check_snapshots`)
                    sequence_length:int=50, # timesteps per sequence
                    workers:int=1, # processes (1: serial, in this process)
@@ -357,7 +359,8 @@ def iter_sequences(frames:dict, # ticker -> OHLCV frame
                   ): # yields (X, mask, meta) per ticker, in ticker order
     "Sequences of a market, ticker by ticker, optionally in parallel, with a deterministic order."
     ordered = snapshots.sort_values(['ticker', 'snapshot_date', 'pattern_id'], kind='stable')
-    groups = [(frames[t], g, sequence_length, bar_fn) for t, g in ordered.groupby('ticker', sort=False)]
+    lazy = isinstance(frames, StoreFrames)
+    groups = [(frames if lazy else {t: frames[t]}, t, g, sequence_length, bar_fn) for t, g in ordered.groupby('ticker', sort=False)]
     with tqdm(total=len(snapshots), desc='sequences', unit='seq', disable=not progress) as bar:
         with job_map('processes', workers) as run:
             for s in range(0, len(groups), wave):
@@ -553,7 +556,7 @@ def _part_job(args:tuple, # (store path, snapshot rows of a chunk of tickers in 
              ) -> tuple: # (part path, sequences written)
     "A worker: read the chunk's tickers from the store, build their sequences, write them as one part (a row group per ticker)."
     store, snapshots, sequence_length, path = args
-    frames = read_store(store, list(dict.fromkeys(snapshots['ticker'])))
+    frames = StoreFrames(store)   # one ticker in memory at a time
     with pq.ParquetWriter(path, sequence_schema(sequence_length)) as writer:
         for ticker, g in snapshots.groupby('ticker', sort=False):
             table = sequence_table(*ticker_sequences(frames[ticker], g, sequence_length))
@@ -651,7 +654,7 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
         raise FileNotFoundError(f"snapshots file {snapshots_path} does not exist (run the patterns stage first)")
     snapshots = pd.read_parquet(snapshots_path)
     require_columns(snapshots, str(snapshots_path))
-    frames = read_store(ohlcv_store)
+    frames = StoreFrames(ohlcv_store)   # read ticker by ticker where needed, never the whole store at once
     if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check): raise SequenceInputError(reason)
     problems = check_snapshots(frames, snapshots)
     if len(problems) and not skip_bad: raise SequenceInputError(describe_problems(problems, str(snapshots_path)))
