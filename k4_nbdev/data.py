@@ -33,6 +33,8 @@ from typing import Literal, get_args, get_origin
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fastcore.docments import docments
 
 # %% ../nbs/00_data.ipynb #a6351fb8
@@ -96,7 +98,8 @@ def validate_ohlcv(df:pd.DataFrame, # one ticker's bars with at least OHLCV_COLU
     df = df[OHLCV_COLUMNS].reset_index(drop=True)
     rules = _row_rules(df)
     records = [(ticker, int(i), df['date'].iloc[i], rule) for rule, mask in rules.items() for i in np.flatnonzero(mask)]
-    report = pd.DataFrame(records, columns=REPORT_COLUMNS).sort_values(['row', 'rule'], ignore_index=True)
+    report = pd.DataFrame(records, columns=REPORT_COLUMNS)
+    if len(report): report = report.sort_values(['row', 'rule'], ignore_index=True)
     if len(report) and on_error == 'raise':
         lines = [f"  {rule}: {len(g)} row(s), first at row {g['row'].iloc[0]} (date {g['date'].iloc[0]})"
                  for rule, g in report.groupby('rule', sort=True)]
@@ -104,8 +107,9 @@ def validate_ohlcv(df:pd.DataFrame, # one ticker's bars with at least OHLCV_COLU
                          + "\nFix the source, or pass on_error='drop' to remove these rows with a report.")
     bad = np.logical_or.reduce(list(rules.values()))
     clean = df.loc[~bad].reset_index(drop=True) if bad.any() else df
-    clean[PRICE_COLUMNS + ['volume']] = clean[PRICE_COLUMNS + ['volume']].astype('float64')
-    clean['date'] = clean['date'].astype('datetime64[ns]')
+    if any(clean.dtypes[k] != 'float64' for k in PRICE_COLUMNS + ['volume']):
+        clean[PRICE_COLUMNS + ['volume']] = clean[PRICE_COLUMNS + ['volume']].astype('float64')
+    if clean['date'].dtype != 'datetime64[ns]': clean['date'] = clean['date'].astype('datetime64[ns]')
     return clean, report
 
 # %% ../nbs/00_data.ipynb #0ba3fde3
@@ -255,15 +259,31 @@ def _validated(source, # a ticker's frame, or the path of its file
 class StoreFrames(Mapping):
     "A store read lazily: ticker -> validated OHLCV frame, read from disk on each access and never kept (a long parquet is read once)."
     def __init__(self, path, # store folder or long parquet file
+                 dates_only:bool=False, # frames of the `date` column alone, parsed but not validated: which days a ticker traded, cheaply
                 ):
-        self.path = Path(path)
+        self.path, self.dates_only = Path(path), dates_only
         self._files = _store_files(self.path) if not self.path.is_file() else None   # listed once: ticker -> file
         self.tickers = sorted(self._files) if self._files is not None else list_tickers(self.path)
         self._long = None   # a long parquet holds every ticker in one file: read whole, once, when first needed
     def __getitem__(self, ticker):
-        if self._files is not None: return _validated(self._files[ticker], ticker)[0]
-        if self._long is None: self._long = read_store(self.path)
-        return self._long[ticker]
+        if self._files is None:
+            if self._long is None: self._long = read_store(self.path)
+            return self._long[ticker][['date']] if self.dates_only else self._long[ticker]
+        f = self._files[ticker]
+        if not self.dates_only: return _validated(f, ticker)[0]
+        names = pq.read_schema(f).names if f.suffix.lower() == '.parquet' else []
+        date = [c for c in names if _COLUMN_ALIASES.get(str(c).strip().lower(), str(c).strip().lower()) == 'date']
+        if len(date) != 1: return _validated(f, ticker)[0][['date']]   # CSV, or no single date column: read it all
+        column = pq.read_table(f, columns=date).column(0)
+        if pa.types.is_timestamp(column.type) and column.type.tz is None:   # already dates: floor them to the day
+            return pd.DataFrame({'date': column.to_numpy().astype('datetime64[D]').astype('datetime64[ns]')})
+        return normalise_ohlcv(column.to_pandas().to_frame(date[0]))
+    def only(self, tickers:list) -> Mapping:
+        "The view cut to some tickers: what a worker is sent (their file names, not the whole listing; a long store's frames)."
+        if self._files is None: return {t: self[t] for t in tickers}
+        part = object.__new__(StoreFrames)
+        part.__dict__.update(self.__dict__, _files={t: self._files[t] for t in tickers}, tickers=list(tickers))
+        return part
     def __iter__(self): return iter(self.tickers)
     def __len__(self): return len(self.tickers)
     def __contains__(self, ticker): return ticker in (self._files if self._files is not None else set(self.tickers))

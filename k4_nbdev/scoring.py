@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'CHECKPOINT_FORMAT', 'CHECKPOINT_KEYS', 'relative_inputs',
-           'fit_scaler', 'apply_scaler', 'calibrated_proba', 'predict_logits', 'predict_proba', 'save_checkpoint',
-           'load_checkpoint', 'model_from_checkpoint', 'check_dates', 'check_device', 'sequences_provenance']
+           'fit_scaler', 'fit_scaler_pieces', 'scale_relative', 'apply_scaler', 'calibrated_proba', 'predict_logits',
+           'predict_proba', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_dates',
+           'check_device', 'sequences_provenance']
 
 # %% ../nbs/04a_scoring.ipynb #7c1c81f6
 import pickle
@@ -43,24 +44,52 @@ def relative_inputs(X:np.ndarray, # raw sequences (N, L, 69)
     X[mask == 0] = 0
     return X
 
+def _scaler(mean:np.ndarray, std:np.ndarray) -> dict:
+    "The scaler's record: the statistics, what they apply to, and the clip."
+    return {'mean': mean.tolist(), 'std': np.where(std > 0, std, 1.0).tolist(),
+            'price_features': PRICE_FEATURES, 'volume_features': VOLUME_FEATURES, 'clip_sd': CLIP_SD}
+
 def fit_scaler(X:np.ndarray, # training sequences (N, L, 69), raw
                mask:np.ndarray, # (N, L)
               ) -> dict: # {'mean': [...], 'std': [...]} over the real bars
     "Per-feature mean and standard deviation of the training split's real bars, after `relative_inputs`."
     rel = relative_inputs(X, mask)[mask != 0].astype(np.float64)
-    std = rel.std(axis=0)
-    return {'mean': rel.mean(axis=0).tolist(), 'std': np.where(std > 0, std, 1.0).tolist(),
-            'price_features': PRICE_FEATURES, 'volume_features': VOLUME_FEATURES, 'clip_sd': CLIP_SD}
+    return _scaler(rel.mean(axis=0), rel.std(axis=0))
+
+def _running_sum(total:np.ndarray, rows:np.ndarray) -> np.ndarray:
+    "total + rows[0] + rows[1] + ..., added in row order: numpy's sum over axis 0 of a C-ordered array adds its rows in that order."
+    return np.add.reduce(np.concatenate([total[None], rows]), axis=0)
+
+def fit_scaler_pieces(pieces, # pieces() -> iterable of (relative inputs (n, L, 69) from `relative_inputs`, mask (n, L)): the training rows in order, in pieces; called twice
+                     ) -> dict: # `fit_scaler` of all the pieces' rows together, bit for bit
+    "`fit_scaler` in two passes over pieces of the training rows, holding one piece at a time: the sum, then the squared deviations from the mean."
+    n, total = 0, np.zeros(len(FEATURES))
+    for R, m in pieces():
+        rel = R[m != 0].astype(np.float64)
+        total, n = _running_sum(total, rel), n + len(rel)
+    mean = total / n   # numpy's mean: the sum divided by the count
+    squares = np.zeros(len(FEATURES))
+    for R, m in pieces():
+        d = R[m != 0].astype(np.float64) - mean
+        squares = _running_sum(squares, d * d)
+    return _scaler(mean, np.sqrt(squares / n))   # numpy's std (ddof 0): the root of the mean squared deviation
+
+def scale_relative(R:np.ndarray, # relative inputs (N, L, 69), from `relative_inputs`
+                   mask:np.ndarray, # (N, L)
+                   scaler:dict, # from `fit_scaler`
+                  ) -> np.ndarray: # scaled float32 sequences, zero at padding
+    "Standardise and clip relative inputs with stored training statistics: the second half of `apply_scaler`."
+    Z = (R - np.float32(scaler['mean'])) / np.float32(scaler['std'])
+    Z = np.clip(Z, -scaler['clip_sd'], scaler['clip_sd'])
+    Z[mask == 0] = 0
+    return Z.astype(np.float32)
 
 def apply_scaler(X:np.ndarray, # raw sequences (N, L, 69)
                  mask:np.ndarray, # (N, L)
                  scaler:dict, # from `fit_scaler`
                 ) -> np.ndarray: # scaled float32 sequences, zero at padding
     "Scale sequences with stored training statistics."
-    Z = (relative_inputs(X, mask) - np.float32(scaler['mean'])) / np.float32(scaler['std'])
-    Z = np.clip(Z, -scaler['clip_sd'], scaler['clip_sd'])
-    Z[mask == 0] = 0
-    return Z.astype(np.float32)
+    return scale_relative(relative_inputs(X, mask), mask, scaler)
 
 # %% ../nbs/04a_scoring.ipynb #306fe87d
 def calibrated_proba(logits:np.ndarray, # raw class scores (N, 6)

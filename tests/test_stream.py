@@ -1,0 +1,109 @@
+"Training streamed through pre-scaled memory maps equals training from arrays in memory, bit for bit, and holds a chunk, not the file."
+import json
+import tracemalloc
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import exit_of, stage_inputs
+
+import k4_nbdev.train as train_module
+from k4_nbdev.scoring import apply_scaler, fit_scaler, load_checkpoint
+from k4_nbdev.sequences import build_sequences
+from k4_nbdev.train import CACHE_DIR, RUN_FILES, fit_model, load_training_data, open_scaled, train_cli, write_scaled
+
+KW = dict(model_size='small', epochs=2, batch_size=7, seed=0, verbose=False, progress=False)
+
+
+@pytest.fixture(scope='module')
+def sequences(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('stream')
+    build_sequences(*stage_inputs(folder), folder / 'sequences.parquet', progress=False)
+    return folder / 'sequences.parquet'
+
+
+def fit(sequences, out, stream, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # no K4 in the tiny market's training rows
+        return fit_model(load_training_data(sequences, stream=stream), out, **{**KW, **kw})
+
+
+def test_streamed_training_is_bit_identical(sequences, tmp_path):
+    a, b = fit(sequences, tmp_path / 'memory', False), fit(sequences, tmp_path / 'stream', True)
+    assert a['scaler'] == b['scaler']   # equal floats, not close ones
+    for name in ('best.pt', 'last.pt'):
+        ca, cb = load_checkpoint(tmp_path / 'memory' / name), load_checkpoint(tmp_path / 'stream' / name)
+        assert ca['state_dict'].keys() == cb['state_dict'].keys()
+        assert all(torch.equal(ca['state_dict'][k], cb['state_dict'][k]) for k in ca['state_dict']), name
+        assert ca['scaler'] == cb['scaler'] and ca.get('calibration') == cb.get('calibration')
+    ha, hb = (json.loads((tmp_path / d / 'history.json').read_text()) for d in ('memory', 'stream'))
+    drop = lambda h: [{k: v for k, v in r.items() if k not in ('seconds', 'samples_per_s')} for r in h]
+    assert json.dumps(drop(ha)) == json.dumps(drop(hb))
+    assert sorted(p.name for p in (tmp_path / 'stream').iterdir() if not p.name.startswith('best_')) == sorted(RUN_FILES)
+
+
+def test_maps_hold_what_apply_scaler_makes(sequences, tmp_path):
+    streamed, held = load_training_data(sequences, stream=True), load_training_data(sequences)
+    assert streamed['X'] is None and np.array_equal(streamed['mask'], held['mask'])
+    assert all(np.array_equal(streamed[s], held[s]) for s in ('fit', 'select', 'val')) and streamed['info'] == held['info']
+    scaler = write_scaled(sequences, streamed, tmp_path / 'maps', chunk_rows=6)
+    assert scaler == fit_scaler(held['X'][held['fit']], held['mask'][held['fit']])
+    for s in ('fit', 'select', 'val'):
+        X, m, y = open_scaled(tmp_path / 'maps', streamed, s)
+        assert isinstance(X, np.memmap) and X.dtype == np.float32
+        assert np.array_equal(X, apply_scaler(held['X'][held[s]], held['mask'][held[s]], scaler))
+        assert np.array_equal(m, held['mask'][held[s]]) and np.array_equal(y, held['y'][held[s]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['maps']   # the temporary name is gone
+
+
+def test_k4_train_streams_and_leaves_no_map(sequences, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert exit_of(train_cli, ['--sequences', str(sequences), '--output-dir', str(tmp_path / 'm'), '--model-size', 'small',
+                                   '--epochs', '1'])[0] == 0
+    names = sorted(p.name for p in (tmp_path / 'm').iterdir())
+    assert [n for n in names if not n.startswith('best_')] == sorted(RUN_FILES) and CACHE_DIR not in names
+
+
+def test_a_failed_write_leaves_no_map(sequences, tmp_path, monkeypatch):
+    "Killed half way through (here: an error while scaling), neither the map nor its temporary folder is left to be used."
+    def boom(*a, **k): raise RuntimeError('disk full')
+    monkeypatch.setattr(train_module, 'scale_relative', boom)
+    (tmp_path / 'm').mkdir()
+    with pytest.raises(RuntimeError, match='disk full'): fit(sequences, tmp_path / 'm', True)
+    assert list((tmp_path / 'm').iterdir()) == []
+
+
+def test_a_stale_map_is_replaced(sequences, tmp_path):
+    stale = tmp_path / 'm' / CACHE_DIR
+    stale.mkdir(parents=True); (stale / 'fit.npy').write_bytes(b'half written')
+    fit(sequences, tmp_path / 'm', True, epochs=1)
+    assert not stale.exists() and (tmp_path / 'm' / 'best.pt').exists()
+
+
+def _repeated(sequences, path, times):
+    "The file's rows `times` over (row groups of 16), with its provenance."
+    t = pq.read_table(sequences)
+    pq.write_table(pa.concat_tables([t] * times).replace_schema_metadata(t.schema.metadata), path, row_group_size=16)
+    return path
+
+
+def _peak(sequences, folder):
+    data = load_training_data(sequences, stream=True)
+    tracemalloc.start()
+    try:
+        write_scaled(sequences, data, folder, chunk_rows=8)
+        return tracemalloc.get_traced_memory()[1]
+    finally: tracemalloc.stop()
+
+
+def test_streamed_write_holds_a_chunk_not_the_file(sequences, tmp_path):
+    "Peak numpy allocation while writing the maps: the same for a file 1 and 6 times as long (the file itself is ~1.3 MB and 8 MB)."
+    small, big = _repeated(sequences, tmp_path / 's.parquet', 1), _repeated(sequences, tmp_path / 'b.parquet', 6)
+    p_small, p_big = _peak(small, tmp_path / 'ms'), _peak(big, tmp_path / 'mb')
+    row_bytes = 50 * 69 * 4
+    n_small = pq.ParquetFile(small).metadata.num_rows
+    assert p_big - p_small < 0.1 * 5 * n_small * row_bytes, (p_small, p_big)   # in memory the growth would be 5 × n rows, more with copies
