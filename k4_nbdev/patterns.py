@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 import k4_nbdev
 from .definitions import CLASS_NAMES, K4, K5
 from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, check_scheduler,
-                           command, episode_truth, fingerprint, job_map, list_tickers, load_source, read_store, validate_ohlcv)
+                           command, episode_truth, fingerprint, job_map, list_tickers, load_source, read_store,
+                           validate_ohlcv, StoreFrames)
 
 # %% ../nbs/01_patterns.ipynb #05ee0586
 INDICATOR_COLUMNS = ['bbw_20', 'bbw_percentile', 'adx_14', 'volume_ratio_20', 'range_ratio']
@@ -316,40 +317,39 @@ def ticker_snapshots(df:pd.DataFrame, # one ticker's OHLCV
     return patterns, label_snapshots(df, take_snapshots(df, patterns, snapshot_every))
 
 # %% ../nbs/01_patterns.ipynb #0582af2f
-def _ticker_job(args:tuple, # (frame, ticker, qualifying_days, snapshot_every)
+def _ticker_job(args:tuple, # (frames: a mapping holding the ticker, e.g. a `StoreFrames`; ticker; qualifying_days; snapshot_every)
                ) -> tuple: # (patterns, snapshots, warning messages)
-    "`ticker_snapshots` in a worker, with its warnings collected."
+    "`ticker_snapshots` in a worker, which reads its ticker's frame itself, with its warnings collected."
+    frames, ticker, *rest = args
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        patterns, snapshots = ticker_snapshots(*args)
+        patterns, snapshots = ticker_snapshots(frames[ticker], ticker, *rest)
     return patterns, snapshots, [str(w.message) for w in caught]
 
-def _chunk_job(args:tuple, # (store path, or ticker -> frame; tickers; qualifying_days; snapshot_every)
+def _chunk_job(args:tuple, # (a mapping holding the tickers; tickers; qualifying_days; snapshot_every)
               ) -> list: # `_ticker_job` of each ticker, in order
-    "A chunk of tickers in a Dask worker: read them from the store when given one, then `_ticker_job` each."
-    source, tickers, qualifying_days, snapshot_every = args
-    frames = source if isinstance(source, dict) else read_store(source, tickers)
-    return [_ticker_job((frames[t], t, qualifying_days, snapshot_every)) for t in tickers]
+    "A chunk of tickers in a Dask worker: `_ticker_job` each (a `StoreFrames` reads them from the store there)."
+    frames, tickers, *rest = args
+    return [_ticker_job((frames, t, *rest)) for t in tickers]
 
-def market_snapshots(frames:dict, # ticker -> OHLCV frame
+def market_snapshots(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (each ticker read where its job runs)
                      qualifying_days:int=10, # qualifying bars after the start bar
                      snapshot_every:int=5, # trading days between snapshots
                      workers:int=1, # processes (1: serial, in this process); with Dask, worker processes of the local cluster
                      progress:bool=True, # show a progress bar
                      scheduler:str='processes', # 'processes', 'dask' or a Dask scheduler address (`check_scheduler`)
-                     store=None, # the store `frames` were read from: Dask workers read their tickers from it
                     ) -> tuple: # (patterns, snapshots) of all tickers, in ticker order
     "Patterns and labelled snapshots of a whole market, parallel across tickers with a deterministic order."
     if not frames: raise ValueError("no tickers to process")
     tickers = sorted(frames)
+    only = frames.only if isinstance(frames, StoreFrames) else lambda ts: {t: frames[t] for t in ts}   # a job carries its tickers only
     with tqdm(total=len(tickers), desc='patterns', unit='ticker', disable=not progress) as bar, job_map(scheduler, workers) as run:
         if scheduler == 'processes':
-            jobs = [(frames[t], t, qualifying_days, snapshot_every) for t in tickers]
+            jobs = [(only([t]), t, qualifying_days, snapshot_every) for t in tickers]
             parts = ([r] for r in run(_ticker_job, jobs, chunksize=max(1, len(jobs) // (8 * max(workers, 1)))))
         else:
             cuts = [[str(t) for t in c] for c in np.array_split(tickers, min(len(tickers), 4 * workers))]
-            parts = run(_chunk_job, [(str(store) if store is not None else {t: frames[t] for t in c}, c, qualifying_days,
-                                      snapshot_every) for c in cuts])
+            parts = run(_chunk_job, [(only(c), c, qualifying_days, snapshot_every) for c in cuts])
         results = []
         for part in parts:
             results += part
@@ -470,13 +470,17 @@ def load_frames(ohlcv_store=None, # OHLCV store (folder or long parquet); None: 
                 scale:str='quick', # synthetic preset (a key of `SCALES`) when `ohlcv_store` is None
                 seed:int=0, # seed of the synthetic market
                 tickers:list=None, # subset of the store's tickers (all when None)
-               ) -> tuple: # (ticker -> validated OHLCV frame, description of the input with its fingerprint)
-    "The stage's input frames and their provenance."
+               ) -> tuple: # (ticker -> validated OHLCV frame: a `StoreFrames` for a store, description of the input with its fingerprint)
+    "The stage's input frames (a store is read lazily, ticker by ticker, where the work runs) and their provenance."
     if ohlcv_store is None:
         frames = load_source('synthetic', scale, seed)
         return frames, {'source': 'synthetic', 'scale': scale, 'seed': seed,
                         'market_params': asdict(MarketParams()), 'fingerprint': frames_fingerprint(frames)}
-    frames = read_store(ohlcv_store, tickers)
+    frames = StoreFrames(ohlcv_store)
+    if tickers is not None:
+        if unknown := [t for t in tickers if t not in frames]:
+            raise KeyError(f"tickers {unknown} are not in store {ohlcv_store} (it holds {len(frames)} tickers)")
+        frames = frames.only(tickers)
     return frames, {'source': str(ohlcv_store), 'tickers': tickers, 'fingerprint': fingerprint(ohlcv_store)}
 
 def qualification_summary(frames:dict, # ticker -> OHLCV frame
@@ -506,10 +510,9 @@ def run_patterns(frames:dict, # ticker -> OHLCV frame
                  workers:int=1, # processes for the per-ticker work
                  progress:bool=True, # show a progress bar
                  scheduler:str='processes', # where the per-ticker work runs (`check_scheduler`)
-                 store=None, # the store `frames` were read from (Dask workers read their tickers from it)
                 ) -> tuple: # (patterns, snapshots)
     "Find and label the patterns of `frames`; write the tables atomically with their provenance."
-    patterns, snapshots = market_snapshots(frames, qualifying_days, snapshot_every, workers, progress, scheduler, store)
+    patterns, snapshots = market_snapshots(frames, qualifying_days, snapshot_every, workers, progress, scheduler)
     meta = {'stage': 'patterns', 'version': k4_nbdev.__version__, 'input': source,
             'parameters': {'snapshot_every': snapshot_every, 'qualifying_days': qualifying_days},
             'n_tickers': len(frames), 'n_patterns': len(patterns), 'n_snapshots': len(snapshots)}
@@ -532,7 +535,7 @@ def build_snapshots(output_dir, # run folder: `snapshots.parquet` and `patterns.
     frames, source = load_frames(ohlcv_store, scale, seed)
     out = Path(output_dir)
     patterns, snapshots = run_patterns(frames, source, out / 'snapshots.parquet', out / 'patterns.parquet',
-                                       qualifying_days, snapshot_every, workers, progress, scheduler, ohlcv_store)
+                                       qualifying_days, snapshot_every, workers, progress, scheduler)
     return frames, patterns, snapshots
 
 # %% ../nbs/01_patterns.ipynb #2551c8a4
@@ -596,6 +599,6 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
     try: frames, source = load_frames(ohlcv, tickers=wanted)
     except OHLCVError as e: raise OHLCVError(f"{ohlcv}: {e}") from None
     patterns, snapshots = run_patterns(frames, source, output, patterns_output, qualifying_days, snapshot_every, workers,
-                                       progress=sys.stderr.isatty(), scheduler=scheduler, store=ohlcv)
+                                       progress=sys.stderr.isatty(), scheduler=scheduler)
     print(f"{len(frames)} tickers -> {len(patterns):,} patterns, {len(snapshots):,} snapshots "
           f"({snapshots['outcome_class'].notna().sum():,} labelled) -> {output}")

@@ -1,4 +1,5 @@
 "Past one machine: --scheduler dask / tcp://host:port gives the same bytes as the serial path; bad values and a missing Dask are one line."
+import pickle
 import subprocess
 import sys
 
@@ -6,7 +7,7 @@ import pandas as pd
 import pytest
 from helpers import exit_of, stage_inputs
 
-from k4_nbdev.data import SCALE_EXTRA, check_scheduler, list_tickers, read_store
+from k4_nbdev.data import SCALE_EXTRA, StoreFrames, check_scheduler, read_store
 from k4_nbdev.patterns import build_snapshots, market_snapshots, patterns_cli
 from k4_nbdev.sequences import (SequenceInputError, build_sequences, build_sequences_cli, iter_sequences, write_sequences,
                                 write_sequences_in_parts)
@@ -78,10 +79,11 @@ def test_dask_patterns_are_the_same_rows(cluster, inputs, tmp_path):
 
 
 def test_dask_pattern_workers_read_their_tickers_from_the_store(cluster, inputs):
-    "Given a store, no frame travels: the driver's frames can be placeholders and the rows are still the serial ones."
+    "A store's lazy view travels as file names, not bars: the workers read the frames, and the rows are the serial ones."
     snaps, store, _ = inputs
-    patterns, snapshots = market_snapshots({t: None for t in list_tickers(store)}, workers=2, progress=False,
-                                           scheduler=cluster, store=store)
+    lazy = StoreFrames(store)
+    assert len(pickle.dumps(lazy.only(lazy.tickers[:2]))) < 2000 < len(pickle.dumps(read_store(store, lazy.tickers[:2])))
+    patterns, snapshots = market_snapshots(lazy, workers=2, progress=False, scheduler=cluster)
     pd.testing.assert_frame_equal(snapshots, pd.read_parquet(snaps))
     pd.testing.assert_frame_equal(patterns, pd.read_parquet(snaps.parent / 'patterns.parquet'))
 
@@ -146,3 +148,55 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(inputs, tmp_path):
     assert run.returncode == 1 and run.stderr.count('\n') == 1, run.stderr
     assert '--scheduler tcp://127.0.0.1:1: no Dask scheduler answers there' in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# The market generator and the live scan on the same schedulers (issue 15, item 1)
+
+def test_dask_market_store_is_byte_identical(cluster, inputs, tmp_path):
+    "The synthetic store and its answer key, written chunk by chunk on the cluster or a pool, are the serial bytes."
+    from k4_nbdev.data import SCALES, TRUTH_FILE, build_store, fingerprint, write_synthetic_store
+    snaps, store, _ = inputs   # written by the serial `build_store` (tiny, seed 0)
+    serial_truth = (snaps.parent / TRUTH_FILE).read_bytes()
+    assert build_store(tmp_path / 'run', 'synthetic', 'tiny', 0, scheduler=cluster, workers=2) == tmp_path / 'run' / 'ohlcv'
+    assert fingerprint(tmp_path / 'run' / 'ohlcv') == fingerprint(store)
+    assert (tmp_path / 'run' / TRUTH_FILE).read_bytes() == serial_truth
+    for name, scheduler in [('dask', cluster), ('pool', 'processes')]:   # 3 jobs of <= 3 tickers
+        truth = write_synthetic_store(tmp_path / name, **SCALES['tiny'], seed=0, scheduler=scheduler, workers=2, chunk=3)
+        assert fingerprint(tmp_path / name) == fingerprint(store), name
+        truth.to_parquet(tmp_path / f'{name}.parquet', index=False)
+        assert (tmp_path / f'{name}.parquet').read_bytes() == serial_truth, name
+        assert not [p.name for p in (tmp_path / name).iterdir() if p.name.startswith('.')], 'temporary files left'
+
+
+def test_dask_scan_is_identical(cluster, trained, tmp_path):
+    "The live scan with its per-ticker part on the cluster: the serial table, attrs and written file."
+    from k4_nbdev.predict import scan, scan_cli
+    folder, best = trained
+    day = pd.read_parquet(folder / 'snapshots.parquet')['snapshot_date'].max()
+    for as_of in (day, None):
+        serial = scan(folder / 'ohlcv', best, as_of)
+        dask = scan(folder / 'ohlcv', best, as_of, workers=2, scheduler=cluster)
+        pd.testing.assert_frame_equal(dask, serial, check_exact=True)
+        assert dask.attrs == serial.attrs
+    assert len(scan(folder / 'ohlcv', best, day)), 'the scan on the last snapshot date lists its active patterns'
+    args = ['--ohlcv', str(folder / 'ohlcv'), '--model', str(best), '--as-of', str(day.date())]
+    scan_cli(args + ['--output', str(tmp_path / 'serial.csv'), '--workers', '1'])
+    scan_cli(args + ['--output', str(tmp_path / 'dask.csv'), '--workers', '2', '--scheduler', cluster])
+    assert (tmp_path / 'dask.csv').read_bytes() == (tmp_path / 'serial.csv').read_bytes()
+
+
+@pytest.mark.parametrize('value', ['threads', 'tcp://host'])
+def test_k4_scan_bad_scheduler_is_one_line(trained, tmp_path, value):
+    from k4_nbdev.predict import scan_cli
+    folder, best = trained
+    status, message = exit_of(scan_cli, ['--ohlcv', str(folder / 'ohlcv'), '--model', str(best),
+                                         '--output', str(tmp_path / 'scan.csv'), '--scheduler', value])
+    assert status == 1 and message.startswith("k4-scan: --scheduler must be") and '\n' not in message, message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_k4_synthetic_market_bad_scheduler_is_one_line(tmp_path):
+    from k4_nbdev.data import synthetic_market_cli
+    status, message = exit_of(synthetic_market_cli, ['--output', str(tmp_path / 's'), '--n-tickers', '2', '--scheduler', 'thread'])
+    assert status == 1 and message.startswith("k4-synthetic-market: --scheduler must be") and '\n' not in message, message
+    assert list(tmp_path.iterdir()) == []
