@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'SCALES', 'TRUTH_COLUMNS', 'PRECURSORS',
-           'REAL_SOURCES', 'TRUTH_FILE', 'USER_ERRORS', 'SCHEDULERS', 'SCALE_EXTRA', 'OHLCVError', 'validate_ohlcv',
+           'REAL_SOURCES', 'USER_ERRORS', 'SCHEDULERS', 'SCALE_EXTRA', 'TRUTH_FILE', 'OHLCVError', 'validate_ohlcv',
            'parse_dates', 'normalise_ohlcv', 'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store',
            'StoreFrames', 'MarketParams', 'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples',
-           'stylized_facts', 'load_source', 'build_store', 'plot_ticker', 'plot_episodes', 'UsageError', 'check_flag',
-           'check_outputs', 'os_error_line', 'command', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli',
-           'check_scheduler', 'job_map']
+           'stylized_facts', 'UsageError', 'check_flag', 'check_outputs', 'os_error_line', 'command', 'check_scheduler',
+           'job_map', 'load_source', 'write_synthetic_store', 'build_store', 'plot_ticker', 'plot_episodes',
+           'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
@@ -577,84 +577,6 @@ def stylized_facts(frames:dict, # ticker -> OHLCV frame
                      'share |r| > 10%': float((a > np.log(1.1)).mean())})
     return pd.DataFrame(rows).mean()
 
-# %% ../nbs/00_data.ipynb #5b72fbca
-TRUTH_FILE = 'episodes.parquet'  # the synthetic market's answer key, in the run folder (never inside the store)
-
-def load_source(data_source:str='synthetic', # 'synthetic', 'real', or the path of an OHLCV store
-                scale:str='quick', # preset of `SCALES` for the synthetic market
-                seed:int=0, # seed of the synthetic market
-                with_episodes:bool=False, # also return the planted episodes (None for real data and stores)
-               ): # ticker -> validated OHLCV frame (and the episodes when `with_episodes`)
-    "The frames of a run's data source."
-    if data_source == 'synthetic':
-        if scale not in SCALES: raise KeyError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
-        return synthetic_market(**SCALES[scale], seed=seed, with_episodes=with_episodes)
-    frames = real_samples() if data_source == 'real' else read_store(data_source)
-    return (frames, None) if with_episodes else frames
-
-def build_store(output_dir, # run folder; the store is `{output_dir}/ohlcv`
-                data_source:str='synthetic', # see `load_source`
-                scale:str='quick', # see `load_source`
-                seed:int=0, # see `load_source`
-               ) -> Path: # the store folder
-    "Write the run's OHLCV store and, for the synthetic market, its answer key `{output_dir}/episodes.parquet`."
-    frames, episodes = load_source(data_source, scale, seed, with_episodes=True)
-    truth = Path(output_dir) / TRUTH_FILE
-    if episodes is None: truth.unlink(missing_ok=True)  # an answer key must never outlive its market
-    else:
-        with atomic_write(truth) as tmp: episodes.to_parquet(tmp, index=False)   # makes the run folder if need be
-    return write_store(frames, Path(output_dir) / 'ohlcv')
-
-# %% ../nbs/00_data.ipynb #fdd32e9c
-def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
-                episodes:pd.DataFrame=None, # planted episodes of this ticker (from `synthetic_market(with_episodes=True)`)
-                title:str='', # figure title
-               ):
-    "Close price (log scale) and volume, with planted consolidations shaded."
-    fig, (ax, axv) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, height_ratios=[3, 1])
-    ax.plot(frame['date'], frame['close'], lw=0.8, color='k')
-    ax.set_yscale('log'); ax.set_ylabel('close (log scale)'); ax.set_title(title)
-    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter): axis(plt.FuncFormatter(lambda v, _: f'{v:g}'))
-    axv.bar(frame['date'], frame['volume'], width=1.0, color='steelblue')
-    axv.set_ylabel('volume')
-    for e in ([] if episodes is None else episodes.itertuples()):
-        for a in (ax, axv): a.axvspan(e.start_date, e.end_date, color='0.8', alpha=0.6, lw=0)
-        ax.axvspan(e.end_date, e.move_end_date, color='tab:green' if e.breaks_up else 'tab:red', alpha=0.2, lw=0)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/00_data.ipynb #e2c1db12
-def plot_episodes(frames:dict, # ticker -> OHLCV frame
-                  episodes:pd.DataFrame, # the planted episodes to draw, one column each
-                  titles:list=None, # one title per episode (default: ticker, q, outcome)
-                  settle_days:int=MarketParams.settle_days, # shade this many bars before the consolidation
-                 ):
-    "Bars, closes and up/down volume of planted episodes side by side, on a trading-day axis, with their phases shaded."
-    fig, axes = plt.subplots(2, len(episodes), figsize=(5.5 * len(episodes), 5), height_ratios=[3, 1], squeeze=False)
-    for j, e in enumerate(episodes.itertuples()):
-        f = frames[e.ticker].reset_index(drop=True)
-        start, end, move_end = (int(f['date'].searchsorted(d)) for d in (e.start_date, e.end_date, e.move_end_date))
-        w = f.iloc[max(start - settle_days - 10, 0):move_end + 11]
-        x = w.index.to_numpy() - start
-        ax, axv = axes[0, j], axes[1, j]
-        ax.vlines(x, w['low'], w['high'], color='0.35', lw=1)
-        ax.plot(x, w['close'], '.', ms=3, color='k')
-        ax.set_yscale('log')
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter): axis(plt.FuncFormatter(lambda v, _: f'{v:.3g}'))
-        axv.bar(x, w['volume'], width=1.0, color=np.where(w['close'].diff() > 0, 'tab:green', 'tab:red'))
-        quiet = w['volume'][(x >= 0) & (x < end - start)]
-        axv.set_ylim(0, 3 * quiet.max())   # scaled to the consolidation: louder bars around it are cut off
-        for a in (ax, axv):
-            a.axvspan(-settle_days, 0, color='tab:orange', alpha=0.12, lw=0)
-            a.axvspan(0, end - start, color='0.8', alpha=0.5, lw=0)
-            a.axvspan(end - start, move_end - start, color='tab:green' if e.breaks_up else 'tab:red', alpha=0.15, lw=0)
-        ax.set_title(titles[j] if titles else f"{e.ticker}: q = {e.quality:+.2f}, "
-                     f"{'up' if e.breaks_up else 'down'} {100 * e.move_size:.0f}%", fontsize=10)
-        axv.set_xlabel('trading days from the start of the consolidation')
-    axes[0, 0].set_ylabel('price (log scale)'); axes[1, 0].set_ylabel('volume (green: up day)')
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/00_data.ipynb #6d16d645
 class UsageError(ValueError):
     "A flag value a command cannot work with; the message names the flag."
@@ -726,51 +648,6 @@ def command(prog:str, # the console script's name, e.g. 'k4-patterns'
         return main
     return decorate
 
-# %% ../nbs/00_data.ipynb #2aefd745
-@command('k4-synthetic-market')
-def synthetic_market_cli(output:str, # store folder to write (a new folder, or one this command wrote before)
-                         n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers, at least 1
-                         n_days:int=SCALES['quick']['n_days'], # trading days per ticker, at least 2
-                         seed:int=0, # random seed (same seed, same bytes)
-                         episodes:str=None, # also write the answer key (the planted episodes) to this parquet file
-                        ):
-    "Write a synthetic OHLCV market to a store folder."
-    check_flag(n_tickers >= 1, '--n-tickers', n_tickers, 'at least 1')
-    check_flag(n_days >= 2, '--n-days', n_days, 'at least 2')
-    if episodes is not None and _same_or_inside(Path(episodes).resolve(), Path(output).resolve()):
-        raise UsageError(f"--episodes {episodes} lies inside the store --output {output}: it would be read as a ticker")
-    frames, truth = synthetic_market(n_tickers, n_days, seed, with_episodes=True)
-    path = write_store(frames, output)
-    if episodes is not None:
-        with atomic_write(episodes) as tmp: truth.to_parquet(tmp, index=False)
-    print(f"wrote {n_tickers} synthetic tickers x {n_days} days to {path}" + (f"; answer key: {episodes}" if episodes else ''))
-
-@command('k4-real-samples')
-def real_samples_cli(output:str, # store folder to write
-                    ):
-    "Write the real sample tickers shipped in PyPI packages to a store folder."
-    frames = real_samples()
-    path = write_store(frames, output)
-    print(f"wrote {len(frames)} real tickers ({', '.join(frames)}) to {path}")
-
-@command('k4-check-ohlcv', positional=('store',))
-def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
-                    drop:bool=False, # report the rows that on_error='drop' removes instead of failing
-                   ):
-    "Validate every ticker of an OHLCV store; exit 1 on bad data unless --drop."
-    reports = []
-    try: frames = read_store(store, on_error='drop' if drop else 'raise', reports=reports)
-    except OHLCVError as e: raise OHLCVError(f"{store}: {e}") from None
-    print(f"{store}: {len(frames)} tickers, {sum(map(len, frames.values())):,} valid bars")
-    from k4_nbdev.patterns import too_short   # the pattern stage owns the minimum length (patterns imports this module)
-    short = [why for t, f in frames.items() if (why := too_short(f, t))]
-    if short: print(f"warning: {len(short)} ticker(s) can never form a pattern:\n  " + '\n  '.join(short))
-    if reports:
-        report = pd.concat(reports, ignore_index=True)
-        print(f"--drop: {report.groupby('ticker')['row'].nunique().sum()} rows would be dropped "
-              f"({len(report)} rule violations); the store itself is unchanged:")
-        print(report.groupby(['ticker', 'rule']).size().rename('count').reset_index().to_string(index=False))
-
 # %% ../nbs/00_data.ipynb #1f3f023f
 SCHEDULERS = ('processes', 'dask')                 # or the address of a running Dask scheduler, tcp://host:port
 SCALE_EXTRA = "pip install 'k4_nbdev[scale]'"
@@ -815,3 +692,181 @@ def job_map(scheduler:str='processes', # 'processes', 'dask' or 'tcp://host:port
             futures = client.map(fn, list(jobs), pure=False)[::-1]
             while futures: yield futures.pop().result()   # in job order; a result leaves the cluster once taken
         yield run
+
+# %% ../nbs/00_data.ipynb #5b72fbca
+TRUTH_FILE = 'episodes.parquet'  # the synthetic market's answer key, in the run folder (never inside the store)
+
+def load_source(data_source:str='synthetic', # 'synthetic', 'real', or the path of an OHLCV store
+                scale:str='quick', # preset of `SCALES` for the synthetic market
+                seed:int=0, # seed of the synthetic market
+                with_episodes:bool=False, # also return the planted episodes (None for real data and stores)
+               ): # ticker -> validated OHLCV frame (and the episodes when `with_episodes`)
+    "The frames of a run's data source."
+    if data_source == 'synthetic':
+        if scale not in SCALES: raise KeyError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
+        return synthetic_market(**SCALES[scale], seed=seed, with_episodes=with_episodes)
+    frames = real_samples() if data_source == 'real' else read_store(data_source)
+    return (frames, None) if with_episodes else frames
+
+def _synthetic_chunk_job(args:tuple, # (store folder, fmt, seed, first ticker index, tickers, n_days, params, start)
+                        ) -> list: # the chunk's answer-key rows
+    "Generate one chunk of the synthetic market, write its tickers' files into the store, return its episodes rows."
+    path, fmt, seed, first, count, n_days, p, start = args
+    factor, _ = _market_factor(seed, n_days, p)
+    dates = pd.bdate_range(start, periods=n_days).astype('datetime64[ns]')
+    draws = [_ticker_draws(seed, i, n_days, p) for i in range(first, first + count)]
+    bars = _market_chunk(draws, factor, p)
+    frames, truth = {}, []
+    for j, d in enumerate(draws):
+        name = f'SYN{first + j:04d}'
+        frames[name] = pd.DataFrame(dict(zip(OHLCV_COLUMNS, [dates] + [b[:, j] for b in bars])))
+        truth += [(name, dates[a], dates[b - 1], dates[c - 1], q, up, size, sq) for a, b, c, q, up, size, sq in d['episodes']]
+    write_store(frames, path, fmt)
+    return truth
+
+def write_synthetic_store(path, # store folder to write (one file per ticker)
+                          n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers (SYN0000, SYN0001, ...)
+                          n_days:int=SCALES['quick']['n_days'], # trading days per ticker (business-day calendar)
+                          seed:int=0, # the same seed gives identical bytes
+                          scheduler:str='processes', # where the chunks are generated (`check_scheduler`)
+                          workers:int=1, # processes (1: serial, in this process); with Dask, worker processes of the local cluster
+                          params:MarketParams=None, # market knobs; defaults to `MarketParams()`
+                          start:str='2010-01-04', # first trading day
+                          chunk:int=256, # tickers per job (bounds a worker's memory; does not change the bytes)
+                          fmt:str='parquet', # 'parquet' or 'csv'
+                         ) -> pd.DataFrame: # the planted episodes (the answer key), as `synthetic_market` returns them
+    "Write `synthetic_market` to a store folder chunk by chunk, on any scheduler; only the answer key comes back."
+    if n_tickers < 1 or n_days < 2: raise ValueError(f"need n_tickers >= 1 and n_days >= 2, got {n_tickers}, {n_days}")
+    if chunk < 1: raise ValueError(f"chunk must be at least 1, got {chunk}")
+    path = Path(path).resolve()   # a worker's working folder may not be ours
+    if path.suffix == '.parquet': raise ValueError(f"the synthetic market is written as a folder, not the long file {path}")
+    if fmt not in ('parquet', 'csv'): raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
+    p = params or MarketParams()
+    path.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(path), fmt, seed, first, min(chunk, n_tickers - first), n_days, p, start) for first in range(0, n_tickers, chunk)]
+    truth = []
+    with job_map(scheduler, workers) as run:
+        for rows in run(_synthetic_chunk_job, jobs): truth += rows
+    return pd.DataFrame(truth, columns=['ticker', 'start_date', 'end_date', 'move_end_date', 'quality', 'breaks_up',
+                                        'move_size', 'squeeze'])
+
+def build_store(output_dir, # run folder; the store is `{output_dir}/ohlcv`
+                data_source:str='synthetic', # see `load_source`
+                scale:str='quick', # see `load_source`
+                seed:int=0, # see `load_source`
+                scheduler:str='processes', # where the synthetic market's chunks are generated (`check_scheduler`)
+                workers:int=1, # processes for them (1: serial); with Dask, worker processes of the local cluster
+               ) -> Path: # the store folder
+    "Write the run's OHLCV store and, for the synthetic market, its answer key `{output_dir}/episodes.parquet`."
+    store, truth = Path(output_dir) / 'ohlcv', Path(output_dir) / TRUTH_FILE
+    if data_source != 'synthetic':
+        truth.unlink(missing_ok=True)   # an answer key must never outlive its market
+        return write_store(load_source(data_source), store)
+    if scale not in SCALES: raise KeyError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
+    truth.unlink(missing_ok=True)       # written again once the market is
+    episodes = write_synthetic_store(store, **SCALES[scale], seed=seed, scheduler=scheduler, workers=workers)
+    with atomic_write(truth) as tmp: episodes.to_parquet(tmp, index=False)
+    return store
+
+# %% ../nbs/00_data.ipynb #fdd32e9c
+def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
+                episodes:pd.DataFrame=None, # planted episodes of this ticker (from `synthetic_market(with_episodes=True)`)
+                title:str='', # figure title
+               ):
+    "Close price (log scale) and volume, with planted consolidations shaded."
+    fig, (ax, axv) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, height_ratios=[3, 1])
+    ax.plot(frame['date'], frame['close'], lw=0.8, color='k')
+    ax.set_yscale('log'); ax.set_ylabel('close (log scale)'); ax.set_title(title)
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter): axis(plt.FuncFormatter(lambda v, _: f'{v:g}'))
+    axv.bar(frame['date'], frame['volume'], width=1.0, color='steelblue')
+    axv.set_ylabel('volume')
+    for e in ([] if episodes is None else episodes.itertuples()):
+        for a in (ax, axv): a.axvspan(e.start_date, e.end_date, color='0.8', alpha=0.6, lw=0)
+        ax.axvspan(e.end_date, e.move_end_date, color='tab:green' if e.breaks_up else 'tab:red', alpha=0.2, lw=0)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/00_data.ipynb #e2c1db12
+def plot_episodes(frames:dict, # ticker -> OHLCV frame
+                  episodes:pd.DataFrame, # the planted episodes to draw, one column each
+                  titles:list=None, # one title per episode (default: ticker, q, outcome)
+                  settle_days:int=MarketParams.settle_days, # shade this many bars before the consolidation
+                 ):
+    "Bars, closes and up/down volume of planted episodes side by side, on a trading-day axis, with their phases shaded."
+    fig, axes = plt.subplots(2, len(episodes), figsize=(5.5 * len(episodes), 5), height_ratios=[3, 1], squeeze=False)
+    for j, e in enumerate(episodes.itertuples()):
+        f = frames[e.ticker].reset_index(drop=True)
+        start, end, move_end = (int(f['date'].searchsorted(d)) for d in (e.start_date, e.end_date, e.move_end_date))
+        w = f.iloc[max(start - settle_days - 10, 0):move_end + 11]
+        x = w.index.to_numpy() - start
+        ax, axv = axes[0, j], axes[1, j]
+        ax.vlines(x, w['low'], w['high'], color='0.35', lw=1)
+        ax.plot(x, w['close'], '.', ms=3, color='k')
+        ax.set_yscale('log')
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter): axis(plt.FuncFormatter(lambda v, _: f'{v:.3g}'))
+        axv.bar(x, w['volume'], width=1.0, color=np.where(w['close'].diff() > 0, 'tab:green', 'tab:red'))
+        quiet = w['volume'][(x >= 0) & (x < end - start)]
+        axv.set_ylim(0, 3 * quiet.max())   # scaled to the consolidation: louder bars around it are cut off
+        for a in (ax, axv):
+            a.axvspan(-settle_days, 0, color='tab:orange', alpha=0.12, lw=0)
+            a.axvspan(0, end - start, color='0.8', alpha=0.5, lw=0)
+            a.axvspan(end - start, move_end - start, color='tab:green' if e.breaks_up else 'tab:red', alpha=0.15, lw=0)
+        ax.set_title(titles[j] if titles else f"{e.ticker}: q = {e.quality:+.2f}, "
+                     f"{'up' if e.breaks_up else 'down'} {100 * e.move_size:.0f}%", fontsize=10)
+        axv.set_xlabel('trading days from the start of the consolidation')
+    axes[0, 0].set_ylabel('price (log scale)'); axes[1, 0].set_ylabel('volume (green: up day)')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/00_data.ipynb #2aefd745
+@command('k4-synthetic-market')
+def synthetic_market_cli(output:str, # store folder to write (a new folder, or one this command wrote before); a .parquet name: one long file
+                         n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers, at least 1
+                         n_days:int=SCALES['quick']['n_days'], # trading days per ticker, at least 2
+                         seed:int=0, # random seed (same seed, same bytes)
+                         episodes:str=None, # also write the answer key (the planted episodes) to this parquet file
+                         workers:int=os.cpu_count() or 1, # processes, at least 1 (a chunk of 256 tickers per job)
+                         scheduler:str='processes', # where the chunks are generated: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
+                        ):
+    "Write a synthetic OHLCV market to a store folder."
+    check_flag(n_tickers >= 1, '--n-tickers', n_tickers, 'at least 1')
+    check_flag(n_days >= 2, '--n-days', n_days, 'at least 2')
+    check_flag(workers >= 1, '--workers', workers, 'at least 1')
+    check_scheduler(scheduler)
+    if episodes is not None and _same_or_inside(Path(episodes).resolve(), Path(output).resolve()):
+        raise UsageError(f"--episodes {episodes} lies inside the store --output {output}: it would be read as a ticker")
+    if Path(output).suffix == '.parquet':   # one long file: the market is built whole, in this process
+        frames, truth = synthetic_market(n_tickers, n_days, seed, with_episodes=True)
+        path = write_store(frames, output)
+    else:
+        truth = write_synthetic_store(output, n_tickers, n_days, seed, scheduler, workers)
+        path = Path(output)
+    if episodes is not None:
+        with atomic_write(episodes) as tmp: truth.to_parquet(tmp, index=False)
+    print(f"wrote {n_tickers} synthetic tickers x {n_days} days to {path}" + (f"; answer key: {episodes}" if episodes else ''))
+
+@command('k4-real-samples')
+def real_samples_cli(output:str, # store folder to write
+                    ):
+    "Write the real sample tickers shipped in PyPI packages to a store folder."
+    frames = real_samples()
+    path = write_store(frames, output)
+    print(f"wrote {len(frames)} real tickers ({', '.join(frames)}) to {path}")
+
+@command('k4-check-ohlcv', positional=('store',))
+def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
+                    drop:bool=False, # report the rows that on_error='drop' removes instead of failing
+                   ):
+    "Validate every ticker of an OHLCV store; exit 1 on bad data unless --drop."
+    reports = []
+    try: frames = read_store(store, on_error='drop' if drop else 'raise', reports=reports)
+    except OHLCVError as e: raise OHLCVError(f"{store}: {e}") from None
+    print(f"{store}: {len(frames)} tickers, {sum(map(len, frames.values())):,} valid bars")
+    from k4_nbdev.patterns import too_short   # the pattern stage owns the minimum length (patterns imports this module)
+    short = [why for t, f in frames.items() if (why := too_short(f, t))]
+    if short: print(f"warning: {len(short)} ticker(s) can never form a pattern:\n  " + '\n  '.join(short))
+    if reports:
+        report = pd.concat(reports, ignore_index=True)
+        print(f"--drop: {report.groupby('ticker')['row'].nunique().sum()} rows would be dropped "
+              f"({len(report)} rule violations); the store itself is unchanged:")
+        print(report.groupby(['ticker', 'rule']).size().rename('count').reset_index().to_string(index=False))

@@ -8,6 +8,9 @@ __all__ = ['ID_COLUMNS', 'SIGNAL_COLORS', 'SCAN_COLUMNS', 'check_compatible', 's
            'parse_date', 'scan_cli']
 
 # %% ../nbs/06_predict.ipynb #bb4e8ad3
+import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import atomic_write, check_flag, check_outputs, command, fingerprint, read_store
+from .data import (StoreFrames, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint,
+                           job_map, read_store)
 from .definitions import (CLASS_NAMES, K4, K5, K5_AVOID, PROB_COLUMNS, SIGNAL_LEVELS, SIGNALS, assign_signals,
                                   expected_value)
 from .model import MODEL_SIZES
@@ -182,6 +186,27 @@ def market_as_of(frames:dict, # ticker -> OHLCV frame
     bar = max(last)
     return {t: df for t, df in cut.items() if len(df) and df['date'].iloc[-1] == bar}, bar
 
+def _scan_job(args:tuple, # (ticker -> frame, e.g. `StoreFrames.only`; tickers; as-of date or None; qualifying_days; sequence length)
+             ) -> tuple: # ([(ticker, last bar date or None, last close, (X, mask, meta) of its active pattern or None)], warnings)
+    "The per-ticker part of the scan on a group of tickers, wherever it runs: cut at the as-of date, active pattern, sequence."
+    frames, tickers, as_of, qualifying_days, length = args
+    out = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for t in tickers:
+            df = frames[t]
+            df = (df if as_of is None else df[df['date'] <= as_of]).reset_index(drop=True)
+            if not len(df):
+                out.append((t, None, None, None)); continue
+            snaps = active_pattern(df, t, qualifying_days)
+            out.append((t, df['date'].iloc[-1], df['close'].iloc[-1], ticker_sequences(df, snaps, length) if len(snaps) else None))
+    return out, [(w.category, str(w.message)) for w in caught]
+
+def _groups(tickers:list, n:int) -> list:
+    "`tickers` cut into `n` contiguous groups (as even as can be), in order."
+    bounds = np.linspace(0, len(tickers), n + 1).round().astype(int)
+    return [tickers[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
 def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
          model, # checkpoint path
          as_of=None, # scan date; None: the store's last date
@@ -189,24 +214,45 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
          batch_size:int=256, # sequences per forward pass
          device:str='cpu', # torch device
          today=None, # refuse an as-of date after this; None: today
+         workers:int=1, # processes for the per-ticker part (1: serial, in this process); with Dask, worker processes of the local cluster
+         scheduler:str='processes', # where the per-ticker part runs: 'processes', 'dask' or a Dask scheduler address (`check_scheduler`)
         ) -> pd.DataFrame: # SCAN_COLUMNS, best EV first; attrs: as_of, n_tickers
     "Patterns active on the as-of date, built and scored from data up to that date only, ranked by EV."
+    check_scheduler(scheduler)
     ckpt = load_checkpoint(model)
     length = ckpt['config']['sequence_length']
     check_compatible(ckpt, FEATURES, length, 'this version of the sequence builder')
-    frames, bar = market_as_of(ohlcv if isinstance(ohlcv, dict) else read_store(ohlcv), as_of, today)
-    parts = [ticker_sequences(df, snaps, length) for t, df in frames.items()
-             if len(snaps := active_pattern(df, t, qualifying_days))]
+    frames = ohlcv if isinstance(ohlcv, Mapping) else StoreFrames(ohlcv)   # a store is read by the jobs, ticker by ticker
+    if not len(frames): raise ValueError("the OHLCV store holds no tickers")
+    today = pd.Timestamp.today().normalize() if today is None else pd.Timestamp(today)
+    as_of = None if as_of is None else pd.Timestamp(as_of)
+    if as_of is not None and as_of > today:
+        raise ValueError(f"as-of date {as_of.date()} lies after today ({today.date()}): a scan cannot use the future")
+    tickers = list(frames)
+    part_of = (lambda g: frames.only(g)) if isinstance(frames, StoreFrames) else (lambda g: {t: frames[t] for t in g})
+    jobs = [(part_of(g), g, as_of, qualifying_days, length) for g in _groups(tickers, min(len(tickers), 4 * workers))]
+    results = []
+    with job_map(scheduler, workers) as run:
+        for rows, caught in run(_scan_job, jobs):
+            results += rows
+            for category, message in caught: warnings.warn(message, category, stacklevel=2)
+    dated = [r for r in results if r[1] is not None]
+    if not dated: raise ValueError(f"no ticker has a bar on or before {as_of.date() if as_of is not None else 'the as-of date'}")
+    bar = max(r[1] for r in dated)   # the market's last trading day on or before the as-of date
+    if as_of is None and bar > today:
+        raise ValueError(f"as-of date {bar.date()} lies after today ({today.date()}): a scan cannot use the future")
+    on_bar = [r for r in dated if r[1] == bar]   # a ticker without a bar that day is not scanned
+    parts, close = [r[3] for r in on_bar if r[3] is not None], {r[0]: r[2] for r in on_bar}
     if parts:
         X, mask = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         meta = pd.concat([p[2] for p in parts], ignore_index=True)
         net = model_from_checkpoint(ckpt, source=str(model)).to(device)
         preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), ckpt.get('calibration')))
-        table = meta.assign(close=[frames[t]['close'].iloc[-1] for t in meta['ticker']],
+        table = meta.assign(close=[close[t] for t in meta['ticker']],
                             **{k: preds[k] for k in ['expected_value', 'signal', 'prob_k4', 'prob_k5', 'predicted_class']})
         table = table[SCAN_COLUMNS].sort_values(['expected_value', 'ticker'], ascending=[False, True], ignore_index=True)
     else: table = pd.DataFrame(columns=SCAN_COLUMNS)
-    table.attrs.update(as_of=bar, n_tickers=len(frames))
+    table.attrs.update(as_of=bar, n_tickers=len(on_bar))
     return table
 
 # %% ../nbs/06_predict.ipynb #8757f9bb
@@ -260,6 +306,8 @@ def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one lon
              qualifying_days:int=10, # qualifying bars after the start bar, at least 1
              batch_size:int=256, # sequences per forward pass, at least 1
              device:str='cpu', # torch device, e.g. cpu or cuda
+             workers:int=os.cpu_count() or 1, # processes for the per-ticker part, at least 1
+             scheduler:str='processes', # where the per-ticker part runs: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
             ):
     "Console script `k4-scan`: rank the consolidations active on a date, using only data up to it."
     check_outputs({'--output': output}, {'--ohlcv': ohlcv, '--model': model})
@@ -268,8 +316,10 @@ def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one lon
     check_flag(qualifying_days >= 1, '--qualifying-days', qualifying_days, 'at least 1')
     check_flag(batch_size >= 1, '--batch-size', batch_size, 'at least 1')
     check_device(device)
+    check_flag(workers >= 1, '--workers', workers, 'at least 1')
+    check_scheduler(scheduler)
     day = None if as_of is None else parse_date(as_of, '--as-of')
-    table = scan(ohlcv, model, day, qualifying_days, batch_size, device)
+    table = scan(ohlcv, model, day, qualifying_days, batch_size, device, workers=workers, scheduler=scheduler)
     if output: write_scan(table, output)
     print(f"{len(table)} active patterns among {table.attrs['n_tickers']} tickers trading on {table.attrs['as_of'].date()}")
     if len(table): print(table.to_string(index=False, float_format=lambda v: f'{v:.3f}'))

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import (TRUTH_COLUMNS, TRUTH_FILE, UsageError, atomic_write, check_flag, check_outputs, command, episode_truth,
-                          fingerprint, read_store)
+from .data import (TRUTH_COLUMNS, TRUTH_FILE, UsageError, _same_or_inside, atomic_write, check_flag, check_outputs,
+                          command, episode_truth, fingerprint, read_store)
 from .definitions import AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES, expected_value
 from .loss import LOSSES
 from .model import MODEL_SIZES
@@ -1202,7 +1202,22 @@ def plot_evaluation(results:pd.DataFrame, # from `walk_forward`
     return fig
 
 # %% ../nbs/07_validate.ipynb #62fe3b82
-EVALUATION_FILES = ('evaluation.csv', 'evaluation_summary.csv', 'evaluation.png')
+EVALUATION_FILES = ('evaluation.csv', 'evaluation_summary.csv', 'evaluation.png', 'evaluation.json')
+
+def _resumable(out:Path, # the evaluation folder
+               settings:dict, # what the rows depend on: the inputs' fingerprints, the folds and every model's recipe
+              ):
+    "Refuse to resume rows made from other inputs or settings, in one line naming what differs."
+    try: before = json.loads((out / EVALUATION_FILES[3]).read_text())
+    except (OSError, ValueError): before = None
+    if before is None:
+        raise UsageError(f"--resume: {out / EVALUATION_FILES[3]} is missing or unreadable, so nothing shows how the rows in "
+                         f"{out / EVALUATION_FILES[0]} were made; use a new --output-dir")
+    now = json.loads(json.dumps(settings, default=str))
+    if differ := [k for k in now if before.get(k) != now[k]]:
+        raise UsageError(f"--resume: the rows in {out} were made with other {', '.join(differ)} "
+                         f"({'; '.join(f'{k}: {before.get(k)} then, {now[k]} now' for k in differ)[:300]}); "
+                         "rerun with the same inputs and settings, or use a new --output-dir")
 
 def _numbers(text:str, # comma-separated values, e.g. '50,200'
              flag:str, # the flag, for messages
@@ -1239,13 +1254,21 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
     sizes, loss_names = _numbers(model_sizes, '--model-sizes', str), _numbers(losses, '--losses', str)
     for flag, given, allowed in [('--losses', loss_names, LOSSES), ('--model-sizes', sizes + [model_size], MODEL_SIZES)]:
         if bad := [v for v in given if v not in allowed]: raise UsageError(f"{flag}: {bad} not among {list(allowed)}")
+    check_flag(not _same_or_inside(Path(sequences).resolve(), out.resolve()), '--output-dir', output_dir,
+               'a folder that does not hold --sequences (the models and tables would mix with the inputs)')
     check_settings(epochs, batch_size, learning_rate, 1, k4_weight, model_size)
     variants = evaluation_variants(loss_names, _numbers(k4_weights, '--k4-weights'), sizes, not no_lightgbm, model_size=model_size,
                                    epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, k4_weight=k4_weight)
-    done = pd.read_csv(out / EVALUATION_FILES[0]) if resume and (out / EVALUATION_FILES[0]).exists() else None
+    settings = {'sequences': fingerprint(sequences), 'truth': fingerprint(truth) if truth else None, 'folds': folds,
+                'first_ratio': first_ratio, 'models': variants}   # seeds may grow: each row names its seed
+    done = None
+    if resume and (out / EVALUATION_FILES[0]).exists():
+        _resumable(out, settings)
+        done = pd.read_csv(out / EVALUATION_FILES[0])
     episodes = read_truth(truth) if truth else None
     data = load_training_data(sequences, provenance_check=not no_provenance_check)
     out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / EVALUATION_FILES[3]) as tmp: tmp.write_text(json.dumps(settings, default=str, indent=1))
     def save(rows):
         with atomic_write(out / EVALUATION_FILES[0]) as tmp: rows.to_csv(tmp, index=False)
         print(f"fold {rows['fold'].iloc[-1]} seed {rows['seed'].iloc[-1]} {rows['model'].iloc[-1]}: "

@@ -13,7 +13,7 @@ from helpers import scan_inputs
 from k4_nbdev.scoring import predict_proba
 from k4_nbdev.model import (Mamba, MambaAttention, MODEL_SIZES, selective_scan, selective_scan_ref, create_mamba_attention_model,
                             count_parameters, check_inputs, resolve_backend, make_mixer, mamba_ssm_available, BiLSTMMixer,
-                            module_shapes)
+                            module_shapes, causal_conv1d)
 
 # mamba-ssm's Mamba(d_model=128) (mamba_ssm/modules/mamba_simple.py): d_inner 256, dt_rank 8, d_state 16, d_conv 4.
 MAMBA_SSM_PARAMETERS_D128 = {
@@ -256,3 +256,43 @@ def test_module_shapes_table():
     table = module_shapes(model, torch.randn(2, 7, 69), torch.ones(2, 7))
     rows = dict(zip(table['module'], table['output shape']))
     assert rows['input_proj'] == (2, 7, 64) and rows['mixers.0.in_proj'] == (2, 7, 256) and rows['head'] == (2, 6)
+
+
+@pytest.mark.parametrize('chunk', [None, 1, 2, 3, 16, 64])
+def test_scan_result_does_not_depend_on_the_batch_slices(chunk):
+    "The batch is scanned in slices of `chunk` rows (a speed setting): any slicing, even one that leaves a short last slice, gives the reference."
+    args = scan_inputs(b=5, seed=7)
+    weight = torch.randn(5, 9, 5, generator=torch.Generator().manual_seed(17))
+    fast = lambda *a: selective_scan(*a, chunk=chunk)
+    for ref, got in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(fast, args, weight)):
+        assert_close(ref, got)
+    with torch.no_grad(): assert_close(selective_scan_ref(*args), fast(*args))
+
+
+def test_causal_conv_equals_the_blocks_conv1d():
+    torch.manual_seed(3)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3, bias=True)
+    x = torch.randn(2, 7, 6, requires_grad=True)
+    ref = conv(x.transpose(1, 2))[..., :7].transpose(1, 2)
+    got = causal_conv1d(x, conv.weight, conv.bias)
+    assert_close(ref, got, tol=1e-6)
+    w = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((ref * w).sum(), [x, conv.weight, conv.bias]),
+                    torch.autograd.grad((got * w).sum(), [x, conv.weight, conv.bias])):
+        assert_close(a, b, tol=1e-6)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_fast_attention_equals_multihead_attention(training):
+    "Without attention dropout (eval mode, or dropout 0) `attend` runs F.scaled_dot_product_attention on the module's own weights."
+    torch.manual_seed(4)
+    model = create_mamba_attention_model(model_size='small', backend='torch', dropout=0.0 if training else 0.1).train(training)
+    h = torch.randn(3, 8, model.attention.embed_dim, requires_grad=True)
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    mask[1, :5] = False
+    ref = model.attention(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+    got = model.attend(h, mask)
+    assert_close(ref, got, tol=1e-6)
+    params = [h, model.attention.in_proj_weight, model.attention.out_proj.weight]
+    for a, b in zip(torch.autograd.grad(ref.sum(), params), torch.autograd.grad(got.sum(), params)):
+        assert_close(a, b, tol=1e-5)

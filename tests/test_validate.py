@@ -620,6 +620,14 @@ def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
     evaluate_cli(argv + ['--resume'])
     assert pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[0]).equals(pd.read_csv(pd.io.common.BytesIO(stamp)))
     assert fingerprint(small_market / 'sequences.parquet') == before
+    # ... but not rows made with other settings or from other inputs: one line naming what differs, nothing rewritten
+    from helpers import exit_of
+    code, msg = exit_of(evaluate_cli, argv + ['--resume', '--epochs', '2'])
+    assert code == 1 and msg.startswith('k4-evaluate: --resume: the rows in') and 'models' in msg and '\n' not in msg.strip(), msg
+    (tmp_path / 'ev' / EVALUATION_FILES[3]).unlink()
+    code, msg = exit_of(evaluate_cli, argv + ['--resume'])
+    assert code == 1 and 'evaluation.json is missing' in msg, msg
+    assert (tmp_path / 'ev' / EVALUATION_FILES[0]).read_bytes() == stamp
 
 
 @pytest.mark.parametrize('extra,says', [(['--losses', 'hinge'], '--losses'), (['--folds', '0'], '--folds must be at least 1'),
@@ -638,3 +646,7 @@ def test_evaluate_never_writes_into_its_input(small_market):
     from k4_nbdev.validate import evaluate_cli
     code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(small_market / 'sequences.parquet')])
     assert code == 1 and '--output-dir' in msg
+    before = sorted(p.name for p in small_market.iterdir())
+    code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(small_market)])
+    assert code == 1 and 'does not hold --sequences' in msg and '\n' not in msg.strip(), msg
+    assert sorted(p.name for p in small_market.iterdir()) == before
