@@ -1,8 +1,9 @@
 """Scaling out, measured side by side in one run: the per-ticker stages on 1 and 2 local processes and on a
 2-worker Dask LocalCluster, and training on 1 process and on 2 torchrun (gloo) processes.
 
-For each variant: wall seconds, throughput, the ratio to the 1-process variant, and the peak resident memory
-of the whole process tree (the driver, its pool or Dask workers, torchrun's ranks), sampled every 0.1 s.
+Every variant runs as its console script in a fresh process (`k4-patterns`, `k4-build-sequences`, `k4-train`, torchrun).
+For each: wall seconds, throughput, the ratio to the 1-process variant, and the peak resident memory of the command's
+whole process tree (it, its pool or Dask workers and scheduler, torchrun's ranks; not this script), sampled every 0.1 s.
 The data of every variant's outputs (parquet tables without their provenance metadata, which names each
 variant's own paths) is compared with the 1-process one; tests/test_scale.py checks whole files byte for byte.
 
@@ -13,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -22,51 +22,50 @@ import pyarrow.parquet as pq
 import psutil
 
 from k4_nbdev.data import build_store
-from k4_nbdev.patterns import build_snapshots
-from k4_nbdev.sequences import build_sequences
 from k4_nbdev.train import RECIPE
 
 
-class TreeMemory:
-    "Peak RSS of this process and all its descendants while the block runs."
-    def __enter__(self):
-        self.peak, self.done = 0, threading.Event()
-        def sample():
-            me = psutil.Process()
-            while not self.done.is_set():
-                procs = [me] + me.children(recursive=True)
-                rss = 0
-                for p in procs:
-                    try: rss += p.memory_info().rss
-                    except psutil.Error: pass
-                self.peak = max(self.peak, rss)
-                time.sleep(0.1)
-        self.thread = threading.Thread(target=sample, daemon=True); self.thread.start()
-        return self
-    def __exit__(self, *exc):
-        self.done.set(); self.thread.join()
+def measure(args:list, # a command line
+            env:dict=None, # environment variables to set for it
+           ) -> tuple: # (wall seconds, peak RSS in MB of its process tree, its output)
+    "Run a command in a fresh process and sample the resident memory of its tree (it, its pool or Dask workers, torchrun's ranks) every 0.1 s."
+    t0, peak = time.perf_counter(), 0
+    with tempfile.TemporaryFile('w+') as log:
+        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+        proc = psutil.Process(child.pid)
+        while child.poll() is None:
+            rss = 0
+            for p in [proc] + proc.children(recursive=True):
+                try: rss += p.memory_info().rss
+                except psutil.Error: pass
+            peak = max(peak, rss); time.sleep(0.1)
+        seconds = time.perf_counter() - t0
+        log.seek(0); output = log.read()
+    if child.returncode: raise SystemExit(f"{' '.join(map(str, args[:2]))} failed:\n{output[-3000:]}")
+    return seconds, peak / 2**20, output
 
 
-def timed(run):
-    "(seconds, peak tree RSS in MB, result) of one call."
-    with TreeMemory() as mem:
-        t0 = time.perf_counter(); result = run(); seconds = time.perf_counter() - t0
-    return seconds, mem.peak / 2**20, result
+def command(name:str) -> str:
+    "A console script of this environment."
+    return str(Path(sys.executable).with_name(name))
 
 
 def stage_rows(folder:Path, store:Path):
-    "The patterns and sequence stages with every scheduler; outputs compared with the serial ones."
+    "The patterns and sequence stages' console scripts with every scheduler, each in a fresh process; outputs compared with the serial ones."
     variants = [('processes', 1), ('processes', 2), ('dask', 2)]
     rows = []
     for scheduler, workers in variants:
         out = folder / f'{scheduler}{workers}'; out.mkdir(exist_ok=True)
-        s, mb, (_, patterns, snaps) = timed(lambda: build_snapshots(out, store, workers=workers, scheduler=scheduler, progress=False))
+        flags = ['--workers', str(workers), '--scheduler', scheduler]
+        s, mb, _ = measure([command('k4-patterns'), '--ohlcv', str(store), '--output', str(out / 'snapshots.parquet'),
+                            '--patterns-output', str(out / 'patterns.parquet'), *flags])
+        n = pq.ParquetFile(out / 'snapshots.parquet').metadata.num_rows
         rows.append({'stage': 'patterns', 'scheduler': scheduler, 'workers': workers, 'seconds': s, 'peak_mb': mb,
-                     'count': len(snaps), 'unit': 'snapshots'})
-        s, mb, summary = timed(lambda: build_sequences(out / 'snapshots.parquet', store, out / 'sequences.parquet', workers=workers,
-                                                       scheduler=scheduler, progress=False))
+                     'count': n, 'unit': 'snapshots'})
+        s, mb, _ = measure([command('k4-build-sequences'), '--input', str(out / 'snapshots.parquet'), '--ohlcv', str(store),
+                            '--output', str(out / 'sequences.parquet'), *flags])
         rows.append({'stage': 'sequences', 'scheduler': scheduler, 'workers': workers, 'seconds': s, 'peak_mb': mb,
-                     'count': summary['n_sequences'], 'unit': 'sequences'})
+                     'count': pq.ParquetFile(out / 'sequences.parquet').metadata.num_rows, 'unit': 'sequences'})
         # the data of every file, without its provenance metadata (which names this variant's own input paths)
         same = lambda n: pq.read_table(out / n).replace_schema_metadata(None).equals(
             pq.read_table(folder / 'processes1' / n).replace_schema_metadata(None))
@@ -86,9 +85,7 @@ def training_rows(folder:Path, epochs:int):
         out = folder / f'train{procs}'
         cmd = ([sys.executable, '-m', 'k4_nbdev.train'] if procs == 1 else
                [torchrun, '--nproc_per_node', str(procs), '--master_port', str(29500 + os.getpid() % 500), '-m', 'k4_nbdev.train'])
-        env = {**os.environ, 'OMP_NUM_THREADS': str(max(1, os.cpu_count() // procs))}
-        s, mb, run = timed(lambda: subprocess.run(cmd + args + ['--output-dir', str(out)], capture_output=True, text=True, env=env))
-        if run.returncode: raise SystemExit(f"training on {procs} processes failed:\n{run.stderr[-2000:]}")
+        s, mb, _ = measure(cmd + args + ['--output-dir', str(out)], {'OMP_NUM_THREADS': str(max(1, os.cpu_count() // procs))})
         history = pd.read_json(out / 'history.json')
         rows.append({'stage': 'training', 'scheduler': 'torchrun' if procs > 1 else 'one process', 'workers': procs, 'seconds': s,
                      'peak_mb': mb, 'count': float(history['samples_per_s'].median()), 'unit': 'samples/s (median epoch)'})

@@ -9,44 +9,20 @@ recipe) unless --epochs is given. The table is printed and, with --out, written 
 """
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pyarrow.parquet as pq
 
+from bench_scale import command, measure
 from k4_nbdev.data import SCALES
 from k4_nbdev.train import RECIPE
 
 
-def command(name:str) -> str:
-    "A console script of this environment."
-    return str(Path(sys.executable).with_name(name))
-
-
-def tree_rss(proc:psutil.Process) -> int:
-    "Resident bytes of a process and all its descendants now."
-    total = 0
-    for p in [proc] + proc.children(recursive=True):
-        try: total += p.memory_info().rss
-        except psutil.Error: pass
-    return total
-
-
 def run(stage:str, args:list, count, unit:str) -> dict:
-    "Run one stage's command; its row of the table (count: a number, or a function of nothing read after the run)."
-    t0, peak = time.perf_counter(), 0
-    with tempfile.TemporaryFile('w+') as log:
-        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True)
-        proc = psutil.Process(child.pid)
-        while child.poll() is None:
-            peak = max(peak, tree_rss(proc)); time.sleep(0.1)
-        seconds, peak_mb = time.perf_counter() - t0, peak / 2**20
-        if child.returncode: log.seek(0); raise SystemExit(f"{stage} failed:\n{log.read()[-3000:]}")
+    "Run one stage's command; its row of the table (count: a number, or a function called after the run)."
+    seconds, peak_mb, _ = measure(args)
     n = count() if callable(count) else count
     row = {'stage': stage, 'seconds': round(seconds, 1), 'count': n, 'unit': unit, 'per_s': round(n / seconds, 1),
            'peak_mb': round(peak_mb)}
@@ -66,7 +42,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         rows = [run('market', [command('k4-synthetic-market'), '--output', str(d / 'ohlcv'), '--n-tickers', str(size['n_tickers']),
-                               '--n-days', str(size['n_days']), '--episodes', str(d / 'episodes.parquet')],
+                               '--n-days', str(size['n_days']), '--episodes', str(d / 'episodes.parquet'), '--workers', str(a.workers)],
                     size['n_tickers'], 'tickers'),
                 run('patterns', [command('k4-patterns'), '--ohlcv', str(d / 'ohlcv'), '--output', str(d / 'snapshots.parquet'),
                                  '--patterns-output', str(d / 'patterns.parquet'), '--workers', str(a.workers)],
