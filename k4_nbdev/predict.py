@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ID_COLUMNS', 'SIGNAL_COLORS', 'SCAN_COLUMNS', 'check_compatible', 'score_sequences', 'prediction_table', 'predict',
-           'prediction_summary', 'plot_signals', 'active_pattern', 'market_as_of', 'scan', 'predict_cli', 'write_scan',
-           'parse_date', 'scan_cli']
+           'prediction_summary', 'plot_signals', 'active_pattern', 'scan', 'predict_cli', 'write_scan', 'parse_date',
+           'scan_cli']
 
 # %% ../nbs/06_predict.ipynb #bb4e8ad3
 import os
@@ -171,21 +171,6 @@ def active_pattern(df:pd.DataFrame, # one ticker's OHLCV, ending on the as-of ba
     active['days_since_activation'] = (len(df) - 1 - np.searchsorted(df['date'].to_numpy(), active['activation_date'].to_numpy())).astype('int64')
     return active[SNAPSHOT_COLUMNS]
 
-def market_as_of(frames:dict, # ticker -> OHLCV frame
-                 as_of=None, # scan date; None: the store's last date
-                 today=None, # refuse an as-of date after this; None: today
-                ) -> tuple: # (ticker -> bars up to the as-of bar for tickers that trade on it, as-of Timestamp)
-    "Cut every ticker at the as-of date and keep the tickers that have a bar on it."
-    if not frames: raise ValueError("the OHLCV store holds no tickers")
-    today = pd.Timestamp.today().normalize() if today is None else pd.Timestamp(today)
-    as_of = max(df['date'].iloc[-1] for df in frames.values()) if as_of is None else pd.Timestamp(as_of)
-    if as_of > today: raise ValueError(f"as-of date {as_of.date()} lies after today ({today.date()}): a scan cannot use the future")
-    cut = {t: df[df['date'] <= as_of].reset_index(drop=True) for t, df in frames.items()}
-    last = [df['date'].iloc[-1] for df in cut.values() if len(df)]
-    if not last: raise ValueError(f"no ticker has a bar on or before {as_of.date()}")
-    bar = max(last)
-    return {t: df for t, df in cut.items() if len(df) and df['date'].iloc[-1] == bar}, bar
-
 def _scan_job(args:tuple, # (ticker -> frame, e.g. `StoreFrames.only`; tickers; as-of date or None; qualifying_days; sequence length)
              ) -> tuple: # ([(ticker, last bar date or None, last close, (X, mask, meta) of its active pattern or None)], warnings)
     "The per-ticker part of the scan on a group of tickers, wherever it runs: cut at the as-of date, active pattern, sequence."
@@ -201,11 +186,6 @@ def _scan_job(args:tuple, # (ticker -> frame, e.g. `StoreFrames.only`; tickers; 
             snaps = active_pattern(df, t, qualifying_days)
             out.append((t, df['date'].iloc[-1], df['close'].iloc[-1], ticker_sequences(df, snaps, length) if len(snaps) else None))
     return out, [(w.category, str(w.message)) for w in caught]
-
-def _groups(tickers:list, n:int) -> list:
-    "`tickers` cut into `n` contiguous groups (as even as can be), in order."
-    bounds = np.linspace(0, len(tickers), n + 1).round().astype(int)
-    return [tickers[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
          model, # checkpoint path
@@ -230,7 +210,8 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
         raise ValueError(f"as-of date {as_of.date()} lies after today ({today.date()}): a scan cannot use the future")
     tickers = list(frames)
     part_of = (lambda g: frames.only(g)) if isinstance(frames, StoreFrames) else (lambda g: {t: frames[t] for t in g})
-    jobs = [(part_of(g), g, as_of, qualifying_days, length) for g in _groups(tickers, min(len(tickers), 4 * workers))]
+    groups = [g.tolist() for g in np.array_split(tickers, min(len(tickers), 4 * workers))]   # contiguous, in ticker order
+    jobs = [(part_of(g), g, as_of, qualifying_days, length) for g in groups]
     results = []
     with job_map(scheduler, workers) as run:
         for rows, caught in run(_scan_job, jobs):
