@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run    set up .venv, run the pipeline at quick scale on the synthetic market, build the docs site
-#   make test   set up .venv if needed, check notebooks/package are in sync, nbdev_test, pytest, docs site
+#   make test   set up .venv if needed, check notebooks/package are in sync, nbdev_test, a tiny run and its docs site, pytest
 # and, to read and re-run the notebooks:
 #   make lab    set up .venv if needed, add the `notebooks` extra (JupyterLab) if missing, start JupyterLab in nbs/
 # .ci/run calls `make test`.
@@ -43,11 +43,14 @@ browser:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser check"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The tiny run and its site are made once, by the README's own commands (MPLBACKEND=Agg: as on a headless server), and
+# the tests read them (K4_TEST_RUN, K4_TEST_SITE) beside nbdev_test's standalone runs in runs/dev (K4_TEST_STANDALONE),
+# so each notebook is executed twice per `make test`; pytest runs on both cores (pytest-xdist) and lists its slowest tests.
 test: sync-check browser
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest tests/ -q
-	$(BIN)/k4-pipeline --name docs --scale tiny
+	MPLBACKEND=Agg $(BIN)/k4-pipeline --name docs --scale tiny
 	$(BIN)/k4-docs --run runs/docs --browser yes
+	K4_TEST_RUN=runs/docs K4_TEST_SITE=_docs K4_TEST_STANDALONE=runs/dev $(BIN)/pytest tests/ -q -n 2 --durations=25
 
 docs: $(STAMP)
 	$(BIN)/k4-docs --run runs/quick

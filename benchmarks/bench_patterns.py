@@ -7,18 +7,14 @@ snapshots/s for race labelling, the serial vs parallel ratio of the whole stage,
 the closed-form Wilder smoothing over the plain recursion loop."""
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from k4_nbdev.data import SCALES, synthetic_market, validate_ohlcv
 from k4_nbdev.patterns import (find_patterns, indicators, label_snapshots, market_snapshots, qualifies,
                                take_snapshots, wilder_smooth)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))
-from helpers import wilder_loop  # the plain recursion loop, shared with the tests and the 01_patterns lesson
+from k4_nbdev.testing import wilder_loop  # the plain recursion loop, shared with the tests and the 01_patterns lesson
 
 
 def timed(f, *args, **kwargs):

@@ -25,11 +25,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
-from helpers import stage_inputs   # noqa: E402
-
-from k4_nbdev.sequences import build_sequences   # noqa: E402
-from k4_nbdev.train import RECIPE   # noqa: E402
+from k4_nbdev.sequences import build_sequences
+from k4_nbdev.testing import stage_inputs
+from k4_nbdev.train import RECIPE
 
 CHILD = r'''
 import json, sys, threading, time, warnings

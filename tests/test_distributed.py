@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import exit_of, stage_inputs
 
 from k4_nbdev.scoring import load_checkpoint
-from k4_nbdev.sequences import build_sequences
 from k4_nbdev.train import fit_model, load_training_data, train_cli
+from k4_nbdev.testing import exit_of
 
 # Batch 7 over the tiny market's 20 fitting rows: global batches of 7, 7 and 6, so the two ranks' shards are
 # 3 + 4, 3 + 4 and 3 + 3 rows and the loss factor N·Bᵣ/B (6/7, 8/7, 1) is exercised, not only the equal split.
@@ -24,11 +23,9 @@ LOSS_TOL = 1e-6     # relative, on the per-epoch losses and metrics of the histo
 
 
 @pytest.fixture(scope='module')
-def sequences(tmp_path_factory):
-    "A tiny market's sequences.parquet, made by the stages' own functions."
-    folder = tmp_path_factory.mktemp('distributed')
-    build_sequences(*stage_inputs(folder), folder / 'sequences.parquet', progress=False)
-    return folder / 'sequences.parquet'
+def sequences(tiny):
+    "The shared tiny market's sequences.parquet (read-only), made by the stages' own functions."
+    return tiny / 'sequences.parquet'
 
 
 def free_port() -> int:

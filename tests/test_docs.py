@@ -1,4 +1,4 @@
-"The docs site built from a pipeline run, and the README generated from nbs/index.ipynb."
+"The docs site built from a pipeline run, checked page by page and in a real browser, and the README generated from nbs/index.ipynb."
 import json
 import shutil
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from k4_nbdev.data import fingerprint
-from k4_nbdev.docs import build_docs, browse_site, check_site, chromium_path, docs_cli, render_readme, project_root
+from k4_nbdev.docs import browse_site, check_site, chromium_path, docs_cli, render_readme, project_root
 
 
 def test_readme_is_current():
@@ -14,59 +14,59 @@ def test_readme_is_current():
     assert readme == render_readme(), "README.md is stale: run `.venv/bin/k4-docs --readme` and commit it"
 
 
-def test_site_from_a_run_has_every_page_with_its_figures_and_tables(tiny_run, tmp_path):
-    run_nbs = Path(tiny_run['run_dir']) / 'notebooks'
-    site = build_docs(run_dir=tiny_run['run_dir'], out=tmp_path / 'site', renderer='smalldocs')
-    report = check_site(site, run_nbs)
+def test_site_from_a_run_has_every_page_with_its_figures_and_tables(tiny_run, tiny_site):
+    report = check_site(tiny_site, Path(tiny_run['run_dir']) / 'notebooks')
     numbered = sorted(p.stem for p in (project_root() / 'nbs').glob('[0-9]*.ipynb'))
     assert report['page'].tolist() == ['index.html'] + [f'{n}.html' for n in numbered]
     assert report['ok'].all(), report.to_string()
     data = report.set_index('page').loc['00_data.html']
     assert data['figures'] >= 1 and data['tables'] >= 3   # the executed data notebook has real outputs
-    home = (site / 'index.html').read_text()
+    home = (tiny_site / 'index.html').read_text()
     assert 'make run' in home and '00_data.html' in home
 
 
-def test_check_site_flags_a_missing_figure(tiny_run, tmp_path):
-    site = build_docs(run_dir=None, out=tmp_path / 'clean', renderer='smalldocs')   # clean notebooks: no outputs
-    report = check_site(site, Path(tiny_run['run_dir']) / 'notebooks')            # ...but the run has figures
-    assert not report.set_index('page').loc['00_data.html', 'ok']
+def without_images(page:Path):
+    "Strip every <img> from a built page, as a site rendered from notebooks without outputs would be."
+    text = page.read_text()
+    while '<img' in text:
+        start = text.index('<img')
+        text = text[:start] + text[text.index('>', start) + 1:]
+    page.write_text(text)
 
 
-def test_site_in_a_real_browser(tiny_run, tmp_path):
-    if not chromium_path():
-        pytest.skip("Chromium is not installed (Debian package `chromium`; `make test` installs it)")
-    site = build_docs(run_dir=tiny_run['run_dir'], out=tmp_path / 'site', renderer='smalldocs')
-    shots = {'index.html': tmp_path / 'home.png', '00_data.html': tmp_path / 'data.png'}
-    seen = browse_site(site, shots)
-    assert seen['ok'].all(), seen.to_string()
-    assert len(seen) == len(list(site.glob('*.html')))
-    assert all(p.stat().st_size > 10_000 for p in shots.values())
+def test_check_site_flags_a_missing_figure(tiny_run, site_copy):
+    without_images(site_copy / '00_data.html')                                          # the page lost its figures...
+    report = check_site(site_copy, Path(tiny_run['run_dir']) / 'notebooks').set_index('page')   # ...but the run has them
+    assert not report.loc['00_data.html', 'ok'] and report.loc['00_data.html', 'figures_on_page'] == 0
+    assert report.drop(index='00_data.html')['ok'].all()
 
 
-def test_browser_check_catches_a_broken_image(tiny_run, tmp_path):
-    if not chromium_path():
-        pytest.skip("Chromium is not installed (Debian package `chromium`; `make test` installs it)")
-    site = build_docs(run_dir=tiny_run['run_dir'], out=tmp_path / 'site', renderer='smalldocs')
-    page = site / '00_data.html'
-    page.write_text(page.read_text().replace('</main>', '<img src="missing.png"><a href="nowhere.html">x</a></main>', 1))
-    seen = browse_site(site).set_index('page')
-    assert seen.loc['00_data.html', 'broken_images'] == 1 and 'nowhere.html' in seen.loc['00_data.html', 'broken_links']
-    assert not seen.loc['00_data.html', 'ok'] and seen.drop(index='00_data.html')['ok'].all()
-
-
-def test_check_site_fails_a_run_whose_kernels_drew_nothing(tiny_run, tmp_path):
-    "As with MPLBACKEND=Agg in the kernels: the executed notebooks hold no figures, and the site must not pass."
+def test_check_site_fails_a_run_whose_kernels_drew_nothing(tiny_run, site_copy, tmp_path):
+    "As with MPLBACKEND=Agg in the kernels: the executed notebooks hold no figures, their pages neither, and the site must not pass."
     blind = tmp_path / 'blind' / 'notebooks'
     shutil.copytree(Path(tiny_run['run_dir']) / 'notebooks', blind)
     nb = json.loads((blind / '00_data.ipynb').read_text())
     for cell in nb['cells']:
         cell['outputs'] = [o for o in cell.get('outputs', []) if not any(k.startswith('image/') for k in o.get('data', {}))]
     (blind / '00_data.ipynb').write_text(json.dumps(nb))
-    site = build_docs(run_dir=blind.parent, out=tmp_path / 'site', renderer='smalldocs')
-    report = check_site(site, blind).set_index('page')
+    without_images(site_copy / '00_data.html')
+    report = check_site(site_copy, blind).set_index('page')
     assert report.loc['00_data.html', 'figures'] == 1 and report.loc['00_data.html', 'figures_on_page'] == 0
     assert not report.loc['00_data.html', 'ok'] and report.drop(index='00_data.html')['ok'].all()
+
+
+def test_site_in_a_real_browser_and_the_check_catches_a_broken_image(site_copy, tmp_path):
+    "Every page of the site in headless Chromium (one start): all load clean, but the one given a broken image and link."
+    if not chromium_path():
+        pytest.skip("Chromium is not installed (Debian package `chromium`; `make test` installs it)")
+    page = site_copy / '00_data.html'
+    page.write_text(page.read_text().replace('</main>', '<img src="missing.png"><a href="nowhere.html">x</a></main>', 1))
+    shots = {'index.html': tmp_path / 'home.png', '07_validate.html': tmp_path / 'validation.png'}
+    seen = browse_site(site_copy, shots).set_index('page')
+    assert len(seen) == len(list(site_copy.glob('*.html')))
+    assert seen.loc['00_data.html', 'broken_images'] == 1 and seen.loc['00_data.html', 'broken_links'] == 'nowhere.html'
+    assert not seen.loc['00_data.html', 'ok'] and seen.drop(index='00_data.html')['ok'].all(), seen.to_string()
+    assert all(p.stat().st_size > 10_000 for p in shots.values())
 
 
 @pytest.mark.parametrize('where', ['the run', 'inside the run', 'holding the run'])

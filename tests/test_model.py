@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from mambapy.mamba import MambaBlock, MambaConfig
 
-from helpers import scan_inputs
 from k4_nbdev.scoring import predict_proba
 from k4_nbdev.model import (Mamba, MambaAttention, MODEL_SIZES, selective_scan, selective_scan_ref, create_mamba_attention_model,
                             count_parameters, check_inputs, resolve_backend, make_mixer, mamba_ssm_available, BiLSTMMixer,
                             module_shapes, causal_conv1d)
+from k4_nbdev.testing import scan_inputs
 
 # mamba-ssm's Mamba(d_model=128) (mamba_ssm/modules/mamba_simple.py): d_inner 256, dt_rank 8, d_state 16, d_conv 4.
 MAMBA_SSM_PARAMETERS_D128 = {

@@ -71,7 +71,7 @@ def dists_of(import_name:str) -> set:
     "Distribution names that provide the import name (the import name itself when nothing installed provides it)."
     return {norm(d) for d in dist_map().get(import_name, [import_name])}
 
-LOCAL = {p.stem for p in Path(__file__).parent.glob('*.py')} | {'k4_nbdev'}   # the package, and tests/helpers.py the lessons share
+LOCAL = {p.stem for p in Path(__file__).parent.glob('*.py')} | {'k4_nbdev'}   # the package, and the tests' own modules
 
 def third_party(name:str) -> bool: return name not in sys.stdlib_module_names and name not in LOCAL
 

@@ -1,19 +1,41 @@
-"The papermill pipeline: run folder, parameters reaching notebooks, failures naming the cell, resume, the run lock, flags."
+"""The papermill pipeline: the shared tiny run (every stage, under MPLBACKEND=Agg), same seed same results, parameters
+reaching notebooks, failures naming the cell, resume, the run lock, flags.
+
+The pipeline's own machinery (parameters, failures, resume, the lock) is exercised on *lean* stage notebooks: each stage
+notebook cut to its import cells, its `parameters` cell and the one cell that makes its artifact, so those tests run
+the stages' real code in seconds without executing the full notebooks a third time (`nbdev_test` and the tiny run are
+the two executions of each notebook per `make test`)."""
+import ast
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pandas as pd
+import papermill as pm
 import pytest
 import torch
 
-from k4_nbdev.data import fingerprint, write_store, synthetic_market
-from k4_nbdev.pipeline import ARTIFACTS, LOCK_FILE, STAGES, StageError, pipeline_cli, run_pipeline, stage_parameters
+import k4_nbdev.pipeline as pipeline
+from k4_nbdev.data import build_store, fingerprint, write_store, synthetic_market
+from k4_nbdev.pipeline import ARTIFACTS, LOCK_FILE, STAGES, StageError, nbs_dir, pipeline_cli, run_pipeline, stage_parameters
 from k4_nbdev.scoring import load_checkpoint
+from k4_nbdev.testing import standalone_inputs
+
+EXE = Path(sys.executable).parent / 'k4-pipeline'
+
+
+# --- the shared tiny run ----------------------------------------------------------------------------------------------
+def images(nb_path):
+    "Image outputs stored in an executed notebook."
+    nb = json.loads(Path(nb_path).read_text())
+    return sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb['cells'] for o in c.get('outputs', []))
 
 
 def test_tiny_run_writes_every_artifact(tiny_run):
@@ -29,20 +51,88 @@ def test_tiny_run_writes_every_artifact(tiny_run):
     assert (run_dir / 'synthetic_ticker.png').stat().st_size > 10_000
     for artifact in ARTIFACTS.values():
         assert record['fingerprints'][artifact] == fingerprint(run_dir / artifact)
+    assert not (run_dir / LOCK_FILE).exists()                      # released on success
+
+
+def test_figures_survive_mplbackend_agg(tiny_run):
+    "The shared run is made under MPLBACKEND=Agg, as on a headless server: the kernels still draw inline."
+    for stage in ['00_data', '01_patterns', '02_sequences', '05_train', '06_predict', '07_validate']:
+        assert images(Path(tiny_run['run_dir']) / 'notebooks' / f'{stage}.ipynb') >= 1, stage
 
 
 def test_every_stage_declares_output_dir():
     for stage in ARTIFACTS: assert 'output_dir' in stage_parameters(stage)
 
 
-def test_parameters_reach_the_notebook(tmp_path, tiny_run):
+def test_same_seed_same_results(tiny_run, tiny, tmp_path):
+    """The pipeline's market, snapshots and sequences equal the stage functions' own for the same seed, and its train stage
+    equals the same notebook run alone on those inputs (`nbdev_test`'s run in `make test`, K4_TEST_STANDALONE): same
+    metrics, same weights."""
+    run = Path(tiny_run['run_dir'])
+    assert fingerprint(run / 'ohlcv') == fingerprint(tiny / 'ohlcv')
+    for name in ['snapshots.parquet', 'sequences.parquet']:
+        pd.testing.assert_frame_equal(pd.read_parquet(run / name), pd.read_parquet(tiny / name))
+    given = os.environ.get('K4_TEST_STANDALONE')
+    if given: alone = Path(given).resolve() / '05_train'
+    else:   # the notebook run alone on the shared inputs, as nbdev_test runs it
+        alone = standalone_inputs(tmp_path / '05_train', 'sequences.parquet', shared=tiny)
+        pm.execute_notebook(str(nbs_dir() / '05_train.ipynb'), str(tmp_path / 'alone.ipynb'), parameters={'output_dir': str(alone)},
+                            cwd=str(nbs_dir()), kernel_name='python3', progress_bar=False)
+    a, b = (pd.read_csv(d / 'model_comparison.csv', index_col=0).drop(columns='seconds') for d in (run, alone))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    w1, w2 = (load_checkpoint(d / 'model' / 'best.pt')['state_dict'] for d in (run, alone))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+# --- the pipeline's machinery, on lean stage notebooks -------------------------------------------------------------------
+STAGE_CELL = {'00_data': 'store = build_store(output_dir', '01_patterns': '= build_snapshots(output_dir',
+              '02_sequences': 'summary = build_sequences(snapshots_path'}
+
+
+def only_imports(source:str) -> bool:
+    try: body = ast.parse(source).body
+    except SyntaxError: return False
+    return bool(body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
+
+
+@pytest.fixture(scope='session')
+def lean_nbs(tmp_path_factory):
+    "Every stage notebook cut to its module's names, its import cells, its `parameters` cell and (data, patterns, sequences) the cell that runs the stage."
+    folder = tmp_path_factory.mktemp('lean_nbs')
+    for stage in STAGES:
+        nb = nbformat.read(nbs_dir() / f'{stage}.ipynb', as_version=4)
+        keep = lambda c: c.cell_type == 'code' and ('parameters' in c.metadata.get('tags', []) or only_imports(c.source)
+                                                     or (stage in STAGE_CELL and STAGE_CELL[stage] in c.source))
+        module = re.search(r'^#\|\s*default_exp\s+(\w+)', '\n'.join(c.source for c in nb.cells), re.M)
+        own = [nbformat.v4.new_code_cell(f'from k4_nbdev.{module.group(1)} import *')] if module else []   # what the notebook defines
+        nb.cells = own + [c for c in nb.cells if keep(c)]
+        assert stage not in STAGE_CELL or any(STAGE_CELL[stage] in c.source for c in nb.cells), f"{stage}: its stage cell moved"
+        nbformat.write(nb, folder / f'{stage}.ipynb')
+    return folder
+
+
+@pytest.fixture
+def lean(lean_nbs, monkeypatch):
+    "The pipeline runs the lean notebooks in this process."
+    monkeypatch.setattr(pipeline, 'nbs_dir', lambda: lean_nbs)
+    return lean_nbs
+
+
+def lean_cli(lean_nbs:Path, *argv) -> list:
+    "The command line of `k4-pipeline argv...` running the lean notebooks in a process of its own."
+    code = f"import sys, pathlib, k4_nbdev.pipeline as p; p.nbs_dir = lambda: pathlib.Path({str(lean_nbs)!r}); p.pipeline_cli(sys.argv[1:])"
+    return [sys.executable, '-c', code, *map(str, argv)]
+
+
+def test_parameters_reach_the_notebook(lean, tmp_path, tiny):
     other = run_pipeline('seed1', tmp_path, params={'scale': 'tiny', 'seed': 1}, stages=['00_data'], verbose=False)
-    assert other['fingerprints']['ohlcv'] != tiny_run['fingerprints']['ohlcv']
+    assert other['fingerprints']['ohlcv'] != fingerprint(tiny / 'ohlcv')                  # seed 0's market...
+    assert other['fingerprints']['ohlcv'] == fingerprint(build_store(tmp_path / 'lib', 'synthetic', 'tiny', 1))   # ...and seed 1's
     nb = (Path(other['run_dir']) / 'notebooks' / '00_data.ipynb').read_text()
     assert 'seed = 1' in nb
 
 
-def test_failure_names_notebook_and_cell_then_resume(tmp_path):
+def test_failure_names_notebook_and_cell_then_resume(lean, tmp_path):
     store = tmp_path / 'store'   # does not exist yet: the data stage must fail
     with pytest.raises(StageError) as e:
         run_pipeline('broken', tmp_path, params={'data_source': str(store)}, stages=['00_data'], verbose=False)
@@ -60,68 +150,34 @@ def test_failure_names_notebook_and_cell_then_resume(tmp_path):
                      verbose=False)
 
 
-def test_cli_reports_failure(tmp_path):
-    exe = Path(sys.executable).parent / 'k4-pipeline'
-    r = subprocess.run([str(exe), '--name', 'x', '--runs-root', str(tmp_path), '--data-source', str(tmp_path / 'nope')],
+def test_cli_reports_failure(lean_nbs, tmp_path):
+    r = subprocess.run(lean_cli(lean_nbs, '--name', 'x', '--runs-root', tmp_path, '--data-source', tmp_path / 'nope'),
                        capture_output=True, text=True)
-    assert r.returncode == 1 and '00_data' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 1 and '00_data' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     hint = r.stderr.strip().splitlines()[-1]
     assert hint == (f"Fix the cause, then continue with: k4-pipeline --name x --runs-root {tmp_path} "
                     f"--data-source {tmp_path / 'nope'} --resume")
-    r = subprocess.run([str(exe), '--scale', 'huge'], capture_output=True, text=True)
+    r = subprocess.run([str(EXE), '--scale', 'huge'], capture_output=True, text=True)   # the installed console script
     assert r.returncode == 2 and 'huge' in r.stderr
 
 
-def test_same_seed_same_results(tiny_run, tmp_path):
-    "Two runs with the same seed: identical market, snapshots, sequences and metrics."
-    again = run_pipeline('again', tmp_path, params={'scale': 'tiny'}, stages=STAGES[:STAGES.index('05_train') + 1],
-                         verbose=False)
-    first, second = Path(tiny_run['run_dir']), Path(again['run_dir'])
-    assert again['fingerprints']['ohlcv'] == tiny_run['fingerprints']['ohlcv']
-    for name in ['snapshots.parquet', 'sequences.parquet']:
-        pd.testing.assert_frame_equal(pd.read_parquet(first / name), pd.read_parquet(second / name))
-    a, b = (pd.read_csv(d / 'model_comparison.csv', index_col=0).drop(columns='seconds') for d in (first, second))
-    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
-    w1, w2 = (load_checkpoint(d / 'model' / 'best.pt')['state_dict'] for d in (first, second))
-    assert all(torch.equal(w1[k], w2[k]) for k in w1)
-
-
-EXE = Path(sys.executable).parent / 'k4-pipeline'
-
-
-# --- a run with MPLBACKEND=Agg, seed 1, through the console script; reused by the tests below --------------------------
 @pytest.fixture(scope='module')
-def agg_run(tmp_path_factory):
-    "A tiny run with seed 1 under MPLBACKEND=Agg (as on a headless server), made by the console script."
-    root = tmp_path_factory.mktemp('agg')
-    r = subprocess.run([str(EXE), '--name', 'agg', '--runs-root', str(root), '--scale', 'tiny', '--seed', '1'],
-                       capture_output=True, text=True, env={**os.environ, 'MPLBACKEND': 'Agg'})
-    assert r.returncode == 0, r.stderr[-3000:]
+def lean_run(lean_nbs, tmp_path_factory):
+    "A run folder of the lean data, pattern and sequence stages (tiny market, seed 1); the resume tests damage and repair it."
+    root = tmp_path_factory.mktemp('lean_run')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, 'nbs_dir', lambda: lean_nbs)
+        run_pipeline('agg', root, params={'scale': 'tiny', 'seed': 1}, stages=STAGES[:3], verbose=False)
     return root / 'agg'
 
 
-def images(nb_path):
-    "Image outputs stored in an executed notebook."
-    nb = json.loads(Path(nb_path).read_text())
-    return sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb['cells'] for o in c.get('outputs', []))
-
-
-def test_figures_survive_mplbackend_agg(agg_run):
-    for stage in ['00_data', '01_patterns', '02_sequences', '05_train', '06_predict', '07_validate']:
-        assert images(agg_run / 'notebooks' / f'{stage}.ipynb') >= 1, stage
-    record = json.loads((agg_run / 'run.json').read_text())
-    assert record['params']['seed'] == 1 and all(v['status'] == 'done' for v in record['stages'].values())
-    assert not (agg_run / LOCK_FILE).exists()                    # released on success
-
-
 @pytest.mark.parametrize('damage', ['deleted', 'changed'])
-def test_resume_runs_again_a_stage_whose_artifact_is_gone_or_changed(agg_run, damage, capsys):
-    snapshots = agg_run / 'snapshots.parquet'
-    recorded = json.loads((agg_run / 'run.json').read_text())['fingerprints']['snapshots.parquet']
+def test_resume_runs_again_a_stage_whose_artifact_is_gone_or_changed(lean, lean_run, damage, capsys):
+    snapshots = lean_run / 'snapshots.parquet'
+    recorded = json.loads((lean_run / 'run.json').read_text())['fingerprints']['snapshots.parquet']
     if damage == 'deleted': snapshots.unlink()
     else: snapshots.write_bytes(b'not the snapshots the stage wrote')
-    record = run_pipeline('agg', agg_run.parent, params={'scale': 'tiny', 'data_source': 'synthetic', 'seed': 1},
-                          stages=['00_data', '01_patterns'], resume=True)
+    record = run_pipeline('agg', lean_run.parent, params={'scale': 'tiny', 'seed': 1}, stages=['00_data', '01_patterns'], resume=True)
     out = capsys.readouterr().out
     assert '00_data: done earlier, skipped (resume)' in out
     why = 'is missing' if damage == 'deleted' else 'changed since it was written'
@@ -130,9 +186,10 @@ def test_resume_runs_again_a_stage_whose_artifact_is_gone_or_changed(agg_run, da
     assert '02_sequences' not in record['stages']                  # built from the old snapshots: no longer "done"
 
 
-def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
-    first = subprocess.Popen([str(EXE), '--name', 'busy', '--runs-root', str(tmp_path), '--scale', 'tiny'],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_runs_lock_is_taken_over(lean, tmp_path):
+    "A live run owns its folder (`run_lock`, held by a process of its own here): `k4-pipeline` on it is refused in one line."
+    hold = f"import pathlib, time; from k4_nbdev.pipeline import run_lock\nwith run_lock(pathlib.Path({str(tmp_path / 'busy')!r})): time.sleep(600)"
+    first = subprocess.Popen([sys.executable, '-c', hold], start_new_session=True)
     lock = tmp_path / 'busy' / LOCK_FILE
     try:
         deadline = time.time() + 120
@@ -152,6 +209,7 @@ def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_runs_lock_is_take
     assert record['stages']['00_data']['status'] == 'done' and not lock.exists()
 
 
+# --- flags refused before any stage ------------------------------------------------------------------------------------
 def cli_error(argv, capsys):
     "Run k4-pipeline expecting a one-line user error before any stage; return the line."
     with pytest.raises(SystemExit) as e: pipeline_cli([str(a) for a in argv])

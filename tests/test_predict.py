@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers import exit_of, rewritten
 import torch
 
 from k4_nbdev.data import fingerprint, read_store
@@ -17,6 +16,7 @@ from k4_nbdev.predict import (SCAN_COLUMNS, predict,
 from k4_nbdev.sequences import FEATURES
 from k4_nbdev.definitions import PROB_COLUMNS, assign_signals, expected_value
 from k4_nbdev.scoring import check_dates, load_checkpoint
+from k4_nbdev.testing import exit_of, rewritten
 
 
 @pytest.fixture(scope='module')

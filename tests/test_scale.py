@@ -5,12 +5,12 @@ import sys
 
 import pandas as pd
 import pytest
-from helpers import exit_of, stage_inputs
 
 from k4_nbdev.data import SCALE_EXTRA, StoreFrames, check_scheduler, read_store
 from k4_nbdev.patterns import build_snapshots, market_snapshots, patterns_cli
 from k4_nbdev.sequences import (SequenceInputError, build_sequences, build_sequences_cli, iter_sequences, write_sequences,
                                 write_sequences_in_parts)
+from k4_nbdev.testing import exit_of
 
 distributed = pytest.importorskip('distributed', reason="the `scale` extra (Dask) is not installed")
 
@@ -23,12 +23,9 @@ def cluster():
 
 
 @pytest.fixture(scope='module')
-def inputs(tmp_path_factory):
-    "The tiny synthetic market's store and snapshots, and the serial sequences file built from them."
-    folder = tmp_path_factory.mktemp('scale')
-    snaps, store = stage_inputs(folder)
-    build_sequences(snaps, store, folder / 'serial.parquet', workers=1, progress=False)
-    return snaps, store, folder / 'serial.parquet'
+def inputs(tiny):
+    "The shared tiny market's snapshots and store, and the sequences file the serial builder made from them."
+    return tiny / 'snapshots.parquet', tiny / 'ohlcv', tiny / 'sequences.parquet'
 
 
 def leftovers(folder): return [p.name for p in folder.iterdir() if '.parts.' in p.name]

@@ -4,13 +4,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
-from helpers import exit_of, stage_inputs
 
 from k4_nbdev.data import SCALES, fingerprint, synthetic_market, write_store
 from k4_nbdev.patterns import indicators, market_snapshots, read_metadata, write_table
 from k4_nbdev.sequences import (FEATURES, SequenceInputError, TemporalIntegrityError, audit_sequences, bar_features,
                                 build_sequences, build_sequences_cli, check_snapshots, market_sequences,
                                 read_sequences, ticker_sequences, validate_sequences, write_sequences)
+from k4_nbdev.testing import exit_of, standalone_inputs
 
 L = 50
 
@@ -186,8 +186,8 @@ def test_write_read_round_trip_in_row_groups(built, tmp_path):
     assert (np.stack(meta2['sequence_dates']) == np.stack(meta['sequence_dates'])).all()
 
 
-def test_stage_metadata_order_and_workers(tmp_path):
-    snaps_path, store = stage_inputs(tmp_path, 'tiny', 0)
+def test_stage_metadata_order_and_workers(tiny, tmp_path):
+    snaps_path, store = tiny / 'snapshots.parquet', tiny / 'ohlcv'
     one = build_sequences(snaps_path, store, tmp_path / 'one.parquet', workers=1, progress=False)
     two = build_sequences(snaps_path, store, tmp_path / 'two.parquet', workers=2, progress=False)
     assert one['n_sequences'] == two['n_sequences'] > 0
@@ -200,8 +200,8 @@ def test_stage_metadata_order_and_workers(tmp_path):
     assert len(audit_sequences(tmp_path / 'one.parquet', store)) == 0
 
 
-def test_snapshots_from_another_store_are_refused(tmp_path):
-    snaps_path, _ = stage_inputs(tmp_path / 'a', 'tiny', 0)
+def test_snapshots_from_another_store_are_refused(tiny, tmp_path):
+    snaps_path = tiny / 'snapshots.parquet'
     other = write_store(synthetic_market(**SCALES['tiny'], seed=1), tmp_path / 'b' / 'ohlcv')
     with pytest.raises(SequenceInputError, match='rebuild the snapshots'):
         build_sequences(snaps_path, other, tmp_path / 'x.parquet', progress=False)
@@ -215,8 +215,8 @@ def test_snapshots_from_another_store_are_refused(tmp_path):
     (lambda s: s.assign(upper_boundary=s['upper_boundary'].where(s.index != 2)), 'upper_boundary is missing'),
     (lambda s: s.assign(lower_boundary=s['lower_boundary'].where(s.index != 2)), 'lower_boundary is missing'),
 ])
-def test_bad_snapshot_rows(tmp_path, breakage, reason):
-    snaps_path, store = stage_inputs(tmp_path, 'tiny', 0)
+def test_bad_snapshot_rows(tiny, tmp_path, breakage, reason):
+    snaps_path, store = tiny / 'snapshots.parquet', tiny / 'ohlcv'
     snaps = pd.read_parquet(snaps_path)
     broken = breakage(snaps)
     bad_path = write_table(broken, tmp_path / 'bad.parquet', read_metadata(snaps_path))
@@ -243,8 +243,8 @@ def test_missing_columns_and_files(tmp_path, market):
         build_sequences(tmp_path / 'none.parquet', tmp_path / 'ohlcv', tmp_path / 'out.parquet', progress=False)
 
 
-def test_cli_defaults_to_the_run_folder_store(tmp_path, capsys):
-    snaps_path, store = stage_inputs(tmp_path, 'tiny', 0)
+def test_cli_defaults_to_the_run_folder_store(tiny, tmp_path, capsys):
+    snaps_path = standalone_inputs(tmp_path, 'snapshots.parquet', shared=tiny) / 'snapshots.parquet'
     build_sequences_cli(['--input', str(snaps_path), '--output', str(tmp_path / 'sequences.parquet'),
                          '--workers', '1', '--no-validate'])
     assert 'sequences x 50 x 69' in capsys.readouterr().out
@@ -254,10 +254,10 @@ def test_cli_defaults_to_the_run_folder_store(tmp_path, capsys):
 # --- the console script refuses, in one line, touching nothing -------------------------------------------
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-    "Self-consistent tiny inputs (snapshots + folder store), a long-parquet store, and the snapshots stripped of provenance."
-    d = tmp_path_factory.mktemp('demo')
-    snaps, store = stage_inputs(d, 'tiny', 0)
+def demo(tiny, tmp_path_factory):
+    "Self-consistent tiny inputs (a copy of the shared snapshots + folder store), a long-parquet store, and the snapshots stripped of provenance."
+    d = standalone_inputs(tmp_path_factory.mktemp('demo'), 'snapshots.parquet', shared=tiny)
+    snaps, store = d / 'snapshots.parquet', d / 'ohlcv'
     stripped = d / 'stripped.parquet'
     pd.read_parquet(snaps).to_parquet(stripped)
     long = write_store(synthetic_market(**SCALES['tiny'], seed=0), d / 'ohlcv.parquet')

@@ -8,21 +8,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import exit_of, stage_inputs
 
 import k4_nbdev.train as train_module
 from k4_nbdev.scoring import apply_scaler, fit_scaler, load_checkpoint
-from k4_nbdev.sequences import build_sequences
 from k4_nbdev.train import CACHE_DIR, RUN_FILES, fit_model, load_training_data, open_scaled, train_cli, write_scaled
+from k4_nbdev.testing import exit_of
 
 KW = dict(model_size='small', epochs=2, batch_size=7, seed=0, verbose=False, progress=False)
 
 
 @pytest.fixture(scope='module')
-def sequences(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('stream')
-    build_sequences(*stage_inputs(folder), folder / 'sequences.parquet', progress=False)
-    return folder / 'sequences.parquet'
+def sequences(tiny):
+    "The shared tiny market's sequences.parquet (read-only), made by the stages' own functions."
+    return tiny / 'sequences.parquet'
 
 
 def fit(sequences, out, stream, **kw):

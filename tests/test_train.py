@@ -1,5 +1,6 @@
 "Training: the purged split, training-only scaling, learning, resume, checkpoints, bad input."
 import math
+import shutil
 import subprocess
 import sys
 import warnings
@@ -8,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import exit_of, rewritten, stage_inputs
 import torch
 
 import pyarrow.parquet as pq
 
 from k4_nbdev.data import fingerprint
 from k4_nbdev.patterns import read_metadata
-from k4_nbdev.sequences import FEATURES, build_sequences
+from k4_nbdev.sequences import FEATURES
 from k4_nbdev.scoring import apply_scaler, calibrated_proba, fit_scaler, load_checkpoint, model_from_checkpoint, predict_proba
 from k4_nbdev.train import (SplitError, purged_split, train, classification_metrics, walk_forward_folds,
                             average_precision, train_cli, selection_split, fold_data, window_summaries, WINDOW_STATS,
                             calibration_error, fit_calibration, epoch_order, warmup_cosine)
+from k4_nbdev.testing import exit_of, rewritten
 
 L, F = 12, len(FEATURES)
 
@@ -258,11 +259,10 @@ def test_average_precision_ties_and_weights():
 # --- k4-train: every user error is one line naming the flag or file; inputs are never modified -------------------
 
 @pytest.fixture(scope='module')
-def made(tmp_path_factory):
-    "A tiny sequences file (with the builder's provenance) and a finished one-epoch model folder trained on it."
+def made(tiny, tmp_path_factory):
+    "A copy of the shared tiny sequences file (with the builder's provenance) and a finished one-epoch model folder k4-train made from it."
     folder = tmp_path_factory.mktemp('train_cli')
-    seqs = folder / 'sequences.parquet'
-    build_sequences(*stage_inputs(folder, 'tiny', 0), seqs, progress=False)
+    seqs = Path(shutil.copy(tiny / 'sequences.parquet', folder / 'sequences.parquet'))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         train_cli(['--sequences', str(seqs), '--output-dir', str(folder / 'model'), '--model-size', 'small',

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import flat_path, one_bar_ahead, simulate, toy
 
 from k4_nbdev.data import fingerprint, read_store
 from k4_nbdev.patterns import read_metadata, write_table
@@ -25,12 +24,14 @@ from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNA
                                per_class_table, quality_ev, quality_table, random_picks, ranking_metrics, render_report, run_checks,
                                run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check, strong_signal_check,
                                temporal_audit_check, temporal_sequence_check, validate, validate_cli)
+from k4_nbdev.testing import exit_of, flat_path, one_bar_ahead, simulate, toy
 
 
 @pytest.fixture(scope='module')
-def run(trained):
-    "The shared tiny run folder (conftest) with the predictions of its one-epoch model."
-    folder, best = trained
+def run(tiny, tmp_path_factory):
+    "A copy of the shared tiny run folder (conftest) with the predictions of its one-epoch model."
+    folder = Path(shutil.copytree(tiny, tmp_path_factory.mktemp('validate') / 'run'))
+    best = folder / 'model' / 'best.pt'
     predict(best, folder / 'sequences.parquet', folder / 'predictions.parquet')
     return folder, best
 
@@ -621,7 +622,6 @@ def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
     assert pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[0]).equals(pd.read_csv(pd.io.common.BytesIO(stamp)))
     assert fingerprint(small_market / 'sequences.parquet') == before
     # ... but not rows made with other settings or from other inputs: one line naming what differs, nothing rewritten
-    from helpers import exit_of
     code, msg = exit_of(evaluate_cli, argv + ['--resume', '--epochs', '2'])
     assert code == 1 and msg.startswith('k4-evaluate: --resume: the rows in') and 'models' in msg and '\n' not in msg.strip(), msg
     (tmp_path / 'ev' / EVALUATION_FILES[3]).unlink()
@@ -634,7 +634,6 @@ def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
                                         (['--k4-weights', '50,x'], '--k4-weights must be comma-separated'),
                                         (['--first-ratio', '1.5'], '--first-ratio must be strictly between 0 and 1'), (['--model-sizes', 'huge'], '--model-sizes')])
 def test_evaluate_bad_flags_are_one_line(small_market, tmp_path, extra, says):
-    from helpers import exit_of
     from k4_nbdev.validate import evaluate_cli
     code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev'),
                                        '--epochs', '1', *extra])
@@ -642,7 +641,6 @@ def test_evaluate_bad_flags_are_one_line(small_market, tmp_path, extra, says):
 
 
 def test_evaluate_never_writes_into_its_input(small_market):
-    from helpers import exit_of
     from k4_nbdev.validate import evaluate_cli
     code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(small_market / 'sequences.parquet')])
     assert code == 1 and '--output-dir' in msg
