@@ -24,9 +24,12 @@ def sequences(tiny):
 
 
 def fit(sequences, out, stream, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')   # no K4 in the tiny market's training rows
-        return fit_model(load_training_data(sequences, stream=stream), out, **{**KW, **kw})
+    "`fit_model` on the tiny market, which has no K4 in its training rows: training must say so."
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        result = fit_model(load_training_data(sequences, stream=stream), out, **{**KW, **kw})
+    assert any('no K4 sequence in the training split' in str(w.message) for w in seen), [str(w.message) for w in seen]
+    return result
 
 
 def test_streamed_training_is_bit_identical(sequences, tmp_path):
