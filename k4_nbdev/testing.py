@@ -7,7 +7,7 @@ __all__ = ['SHARED_FILES', 'exit_of', 'built_once', 'stage_inputs', 'trained_run
            'standalone_inputs', 'rewritten', 'wilder_loop', 'scan_inputs', 'one_bar_ahead', 'toy', 'flat_path',
            'simulate']
 
-# %% ../nbs/10_testing.ipynb #6fff946a
+# %% ../nbs/10_testing.ipynb #33bdbfaf
 import fcntl
 import hashlib
 import shutil
@@ -28,31 +28,31 @@ from .patterns import build_snapshots
 from .sequences import bar_features, build_sequences, read_sequences, sequence_table
 from .train import fit_model, load_training_data
 
-# %% ../nbs/10_testing.ipynb #e2738039
+# %% ../nbs/10_testing.ipynb #1c4731ad
 def exit_of(main, # a console script's function, e.g. `patterns_cli`
             argv:list, # its command-line arguments
-            capsys=None, # pytest's capsys, to read argparse's own errors (status 2) from stderr
-           ) -> tuple: # (exit status, message): a string exit code is status 1 with that message; 0 when it returned
-    "Run a console script in this process and say how it ended."
+            capsys=None, # pytest's capsys: argparse's errors are read from stderr
+           ) -> tuple: # (exit status, one-line message or argparse's stderr)
+    "Run a console script in this process and say how it ended (a string exit code is status 1)."
     try: main(argv)
     except SystemExit as e:
         if isinstance(e.code, str): return 1, e.code
         return e.code, capsys.readouterr().err if capsys is not None else ''
     return 0, ''
 
-# %% ../nbs/10_testing.ipynb #6ed9b3fc
+# %% ../nbs/10_testing.ipynb #f295f345
 @contextmanager
 def _locked(path:Path):
-    "Hold an exclusive lock on the file `path` (created if missing) for the duration of the block."
+    "Hold an exclusive lock on the file `path` (created if missing) while the block runs."
     with open(path, 'a') as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-def built_once(folder, # the folder `build` fills; created by this function
+def built_once(folder, # the folder `build` fills; created here
                build, # build(folder): makes the folder's contents
               ) -> Path: # the folder, complete
-    "Make `folder` with `build` unless an earlier build finished; concurrent callers wait for one build, a failed one leaves nothing."
+    "Make `folder` with `build` unless an earlier build finished; callers wait for one build; a failed one leaves nothing."
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     done = folder.with_name(folder.name + '.built')
@@ -67,8 +67,8 @@ def built_once(folder, # the folder `build` fills; created by this function
         done.touch()
     return folder
 
-# %% ../nbs/10_testing.ipynb #51c977a0
-def stage_inputs(folder, # run folder to fill: ohlcv/, episodes.parquet, snapshots.parquet, patterns.parquet
+# %% ../nbs/10_testing.ipynb #e2806716
+def stage_inputs(folder, # run folder: gets ohlcv/, episodes, snapshots, patterns
                  scale:str='tiny', # synthetic preset
                  seed:int=0, # its seed
                 ) -> tuple: # (snapshots path, store path)
@@ -78,21 +78,22 @@ def stage_inputs(folder, # run folder to fill: ohlcv/, episodes.parquet, snapsho
     build_snapshots(folder, store, progress=False)
     return folder / 'snapshots.parquet', store
 
+# %% ../nbs/10_testing.ipynb #7b304595
 def trained_run(folder, # run folder to fill up to a model
                 scale:str='tiny', # synthetic preset
                 seed:int=0, # its seed
                ) -> Path: # the checkpoint `{folder}/model/best.pt`
-    "A run folder with sequences and a one-epoch small model (tiny markets have no K4 in training: a warning says so)."
+    "A run folder with sequences and a one-epoch small model (a tiny market warns: no K4 in training)."
     folder = Path(folder)
     build_sequences(*stage_inputs(folder, scale, seed), folder / 'sequences.parquet', progress=False)
-    return fit_model(load_training_data(folder / 'sequences.parquet'), folder / 'model', model_size='small', epochs=1,
-                     seed=seed, verbose=False)['best']
+    data = load_training_data(folder / 'sequences.parquet')
+    return fit_model(data, folder / 'model', model_size='small', epochs=1, seed=seed, verbose=False)['best']
 
-# %% ../nbs/10_testing.ipynb #6f0e4a98
-def shared_run(folder, # the shared run folder (e.g. `runs/dev/inputs-tiny-0`); read-only for its readers
+# %% ../nbs/10_testing.ipynb #af73d833
+def shared_run(folder, # the shared run folder; read-only for its readers
                scale:str='tiny', # synthetic preset
                seed:int=0, # its seed
-              ) -> Path: # the folder: ohlcv/, episodes.parquet, snapshots.parquet, patterns.parquet, sequences.parquet, model/
+              ) -> Path: # the folder: ohlcv/, episodes, snapshots, patterns, sequences, model/
     "`trained_run` built once into `folder` (`built_once`), its expected no-K4 warning silenced."
     def build(d):
         with warnings.catch_warnings():
@@ -100,65 +101,72 @@ def shared_run(folder, # the shared run folder (e.g. `runs/dev/inputs-tiny-0`); 
             trained_run(d, scale, seed)
     return built_once(folder, build)
 
+# %% ../nbs/10_testing.ipynb #9b34b7a2
 def source_hash() -> str:
-    "12 hex digits of the sha256 of the package's source files: a shared folder made by other code is never read."
+    "12 hex digits of the sha256 of the package's source files: names what the code of today built."
     h = hashlib.sha256()
     for f in sorted(Path(k4_nbdev.__file__).parent.glob('*.py')): h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:12]
 
+# %% ../nbs/10_testing.ipynb #f34ae4d5
 SHARED_FILES = ['ohlcv', 'episodes.parquet', 'snapshots.parquet', 'patterns.parquet', 'sequences.parquet', 'model']
 
 def standalone_inputs(output_dir, # a stage notebook's run folder
-                      upto:str, # the last of `SHARED_FILES` the stage reads, e.g. 'sequences.parquet'
+                      upto:str, # the last of `SHARED_FILES` the stage reads
                       scale:str='tiny', # synthetic preset of the shared run
                       seed:int=0, # its seed
-                      shared=None, # the run folder to copy from (default: `shared_run` beside `output_dir`)
+                      shared=None, # the run folder to copy from (default: `shared_run` beside)
                      ) -> Path: # output_dir
-    "When `output_dir` lacks the stage's inputs, copy them from the shared run built once beside it (`{parent}/inputs-{scale}-{seed}-{source_hash()}`)."
+    "Unless `output_dir` holds the stage's inputs, copy them from the shared run (`{parent}/inputs-{scale}-{seed}-{hash}`)."
     out = Path(output_dir)
     names = SHARED_FILES[:SHARED_FILES.index(upto) + 1]
-    if all((out / n).exists() for n in names): return out
-    shared = Path(shared) if shared else shared_run(out.parent / f'inputs-{scale}-{seed}-{source_hash()}', scale, seed)
+    default = out.parent / f'inputs-{scale}-{seed}-{source_hash()}'
+    source, stamp = str(Path(shared or default).resolve()), out / '.copied_from'
+    copied_here = stamp.read_text() if stamp.exists() else source   # inputs an earlier stage wrote are kept
+    if all((out / n).exists() for n in names) and copied_here == source: return out
+    shared = Path(shared) if shared else shared_run(default, scale, seed)
     out.mkdir(parents=True, exist_ok=True)
-    for n in names:   # all of them, so the copies belong together (a stale store beside fresh snapshots would be refused)
+    for n in names:   # all of them, so the copies belong together (a stale store beside new snapshots is refused)
         if (out / n).is_dir(): shutil.rmtree(out / n)
         if (shared / n).is_dir(): shutil.copytree(shared / n, out / n)
         else: shutil.copy2(shared / n, out / n)
+    stamp.write_text(source)
     return out
 
-# %% ../nbs/10_testing.ipynb #91f21ad5
+# %% ../nbs/10_testing.ipynb #eebb918d
 def rewritten(src, # a sequences parquet written by the builder
               dst, # where to write the doctored copy
-              change, # change(X, mask, meta) alters the arrays or metadata in place
+              change, # change(X, mask, meta): alters the arrays or metadata in place
              ): # dst
-    "A copy of a sequences file altered by `change`, keeping the builder's metadata (written without validation)."
+    "A copy of a sequences file altered by `change`, with the builder's metadata, written without validation."
     X, mask, meta = read_sequences(src)
     change(X, mask, meta)
-    pq.write_table(sequence_table(X, mask, meta).replace_schema_metadata(pq.read_schema(src).metadata), dst)
+    table = sequence_table(X, mask, meta)
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(src).metadata), dst)
     return dst
 
-# %% ../nbs/10_testing.ipynb #c85937d2
+# %% ../nbs/10_testing.ipynb #e31d9fbc
 def wilder_loop(x:np.ndarray, # inputs of the recursion
                 n:int, # period: the recursion keeps (1 - 1/n) of yesterday
                 first:int, # index of the seed value
                 seed:float, # value at `first`
                 weight:float=1.0, # multiplier of today's input
                ) -> np.ndarray: # NaN before `first`, then y_t = (1 - 1/n) y_{t-1} + weight * x_t
-    "Wilder's recursion as a plain Python loop over the bars: the reference `patterns.wilder_smooth` is checked and timed against."
+    "Wilder's recursion as a plain Python loop over the bars: the reference of `patterns.wilder_smooth`."
     out = np.full(len(x), np.nan)
     out[first] = y = seed
     for t, v in enumerate((weight * np.asarray(x[first + 1:], dtype=float)).tolist(), first + 1):
         out[t] = y = (1 - 1 / n) * y + v
     return out
 
-# %% ../nbs/10_testing.ipynb #551cde2d
+# %% ../nbs/10_testing.ipynb #de8db904
 def scan_inputs(b:int=3, # batch
                 L:int=9, # sequence length
                 d:int=5, # channels (d_inner of a block)
                 n:int=4, # state size
                 seed:int=0, # seed of the generator
                ) -> list: # [u, delta, A, B, C, D], each requiring a gradient
-    "Random arguments of `model.selective_scan` at the magnitudes a block gives it: small softplus steps, S4D-real `A`, `D` = 1."
+    "Arguments of `model.selective_scan` at a block's magnitudes: small softplus steps, S4D-real `A`, `D` = 1."
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(b, L, d, generator=g)
     delta = F.softplus(torch.randn(b, L, d, generator=g) - 2)
@@ -166,18 +174,18 @@ def scan_inputs(b:int=3, # batch
     B, C = torch.randn(b, L, n, generator=g), torch.randn(b, L, n, generator=g)
     return [t.requires_grad_() for t in (u, delta, A, B, C, torch.ones(d))]
 
-# %% ../nbs/10_testing.ipynb #890ebd58
+# %% ../nbs/10_testing.ipynb #bd6c57a0
 def one_bar_ahead(df:pd.DataFrame, # one ticker's OHLCV
                  ) -> pd.DataFrame: # its bar features, each bar carrying the next bar's values
     "A leaky bar-feature function: one bar of look-ahead, with every date still in order."
     return bar_features(df).shift(-1)
 
-# %% ../nbs/10_testing.ipynb #7782794f
+# %% ../nbs/10_testing.ipynb #e6bceedb
 def toy(y, # true class per row
         pred=None, # predicted class per row (default: `y`)
         start='2021-01-04', # the first snapshot date (a Monday)
        ) -> pd.DataFrame: # predictions in the layout `06_predict` writes
-    "Weekly predictions of one ticker 'T': true classes `y`, 0.9 on the predicted class `pred` (0.02 elsewhere), a 3-week label window and 5 daily bars per sequence."
+    "Weekly predictions of one ticker 'T': classes `y`, 0.9 on class `pred`, a 3-week label window, 5 daily bars."
     y = np.asarray(y)
     pred = y if pred is None else np.asarray(pred)
     dates = pd.date_range(start, periods=len(y), freq='W-MON')
@@ -191,7 +199,7 @@ def toy(y, # true class per row
                          'predicted_class': pred, 'expected_value': ev, 'signal': assign_signals(ev, probs[:, 5]),
                          **{c: probs[:, k] for k, c in enumerate(PROB_COLUMNS)}})
 
-# %% ../nbs/10_testing.ipynb #1fd0a1ae
+# %% ../nbs/10_testing.ipynb #2b019802
 def flat_path(n:int=150, # bars
               price:float=10.0, # every bar's open and close
               start='2021-01-04', # the first bar's date; business days follow
@@ -200,14 +208,14 @@ def flat_path(n:int=150, # bars
     return pd.DataFrame({'date': pd.bdate_range(start, periods=n), 'open': price, 'high': price * 1.01,
                          'low': price * 0.99, 'close': price, 'volume': 1e6})
 
-# %% ../nbs/10_testing.ipynb #e8db3f5c
+# %% ../nbs/10_testing.ipynb #cb6b06e5
 def simulate(seed:int, # seed of the simulated market
              n_patterns:int=300, # patterns
              per_pattern:int=5, # snapshots per pattern
              k4_rate:float=0.1, # chance that a pattern is K4
              found:float=0.5, # chance that the model calls a K4 pattern K4
             ) -> tuple: # (true classes, predicted classes, pattern ids), one per snapshot
-    "Patterns whose snapshots share their outcome and their prediction: true argmax K4 recall `found`, true PR-AUC of a flat score `k4_rate`."
+    "Patterns whose snapshots share outcome and prediction: true argmax K4 recall `found`, flat-score PR-AUC `k4_rate`."
     rng = np.random.default_rng(seed)
     is_k4 = rng.random(n_patterns) < k4_rate
     called = is_k4 & (rng.random(n_patterns) < found)
