@@ -46,9 +46,11 @@ browser:
 # The tiny run and its site are made once, by the README's own commands (MPLBACKEND=Agg: as on a headless server), and
 # the tests read them (K4_TEST_RUN, K4_TEST_SITE) beside nbdev_test's standalone runs in runs/dev (K4_TEST_STANDALONE),
 # so each notebook is executed twice per `make test`; pytest runs on both cores (pytest-xdist) and lists its slowest tests.
+# OMP_NUM_THREADS=1: one torch thread per kernel in both executions (two notebooks run at once), so the tiny run's training
+# is bit for bit nbdev_test's (test_same_seed_same_results); float32 sums in another order differ at 1e-6.
 test: sync-check browser
-	$(BIN)/nbdev_test --n_workers 2
-	MPLBACKEND=Agg $(BIN)/k4-pipeline --name docs --scale tiny
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
+	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/k4-pipeline --name docs --scale tiny
 	$(BIN)/k4-docs --run runs/docs --browser yes
 	K4_TEST_RUN=runs/docs K4_TEST_SITE=_docs K4_TEST_STANDALONE=runs/dev $(BIN)/pytest tests/ -q -n 2 --durations=25
 

@@ -54,10 +54,10 @@ def trained(tiny):
 
 
 def pipeline_run(root:Path):
-    "`k4-pipeline --name tiny --scale tiny` into `root` under MPLBACKEND=Agg (as on a headless server), as `make test` runs it."
+    "`k4-pipeline --name tiny --scale tiny` into `root` as `make test` runs it: MPLBACKEND=Agg (a headless server), one torch thread."
     exe = Path(sys.executable).parent / 'k4-pipeline'
     r = subprocess.run([str(exe), '--name', 'tiny', '--runs-root', str(root), '--scale', 'tiny'], capture_output=True, text=True,
-                       env={**os.environ, 'MPLBACKEND': 'Agg'})
+                       env={**os.environ, 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
 
