@@ -5,24 +5,24 @@
 # %% auto #0
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
-           'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'ORACLE',
-           'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND',
+           'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'OBSERVABLE',
+           'ORACLE', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND',
            'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN',
-           'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES',
-           'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows', 'check', 'grade',
-           'date_halves', 'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check',
-           'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
-           'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table', 'pr_curve',
-           'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics',
-           'pattern_resamples', 'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model', 'model_scores',
-           'quality_table', 'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks',
-           'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check',
-           'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
-           'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt', 'md_table',
-           'quality_display', 'quality_section', 'strong_section', 'backtest_section', 'render_report', 'jsonable',
-           'save_figure', 'report_figures', 'write_report', 'check_finite', 'check_provenance', 'validate',
-           'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary', 'summary_display',
-           'plot_evaluation', 'evaluate_cli']
+           'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'REFERENCE_TARGETS', 'STATUS_MARK',
+           'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows',
+           'check', 'grade', 'date_halves', 'halves_or_unknown', 'temporal_sequence_check',
+           'future_contamination_check', 'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares',
+           'class_drift_check', 'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table',
+           'pr_curve', 'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted',
+           'ranking_metrics', 'pattern_resamples', 'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model',
+           'observable_ceiling', 'observable_model', 'model_scores', 'quality_table', 'model_comparison',
+           'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
+           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
+           'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
+           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'strong_section',
+           'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report',
+           'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants', 'walk_forward',
+           'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -47,8 +47,9 @@ from .patterns import read_metadata
 from .predict import SIGNAL_COLORS, predict
 from .sequences import audit_sequences, bar_features, read_sequences
 from .scoring import load_checkpoint
-from .train import (RECIPE, SplitError, average_precision, check_settings, checkpoint_probs, classification_metrics,
-                            fit_model, fold_data, lightgbm_baseline, load_training_data, per_class_table, rank_order, walk_forward_folds)
+from .train import (PRECURSOR, RECIPE, SplitError, average_precision, check_settings, checkpoint_probs,
+                            classification_metrics, fit_model, fold_data, lightgbm_baseline, load_training_data, per_class_table,
+                            precursor_baseline, precursor_stats, rank_order, walk_forward_folds)
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -472,6 +473,39 @@ def oracle_model(rows:pd.DataFrame, # rows to score: ticker, snapshot_date
     return {'score': np.where(np.isfinite(quality), quality, -np.inf),
             'ev': quality_ev(fit_quality, fit_rows['outcome_class'].to_numpy(dtype=int), quality, bins)}
 
+# %% ../nbs/07_validate.ipynb #d04978e8
+OBSERVABLE = 'Observable ceiling (precursors → q)'
+
+def observable_ceiling(stats:np.ndarray, # `precursor_stats` of the rows to score (N, k)
+                       fit_stats:np.ndarray, # `precursor_stats` of the training-period rows (M, k)
+                       fit_quality:np.ndarray, # hidden quality of each training row's episode (NaN: outside every episode)
+                       fit_y:np.ndarray, # true class of each training row (for the EV map)
+                       bins:int=10, # quality bins of the EV map
+                      ) -> dict: # 'score' (q̂ per row), 'ev', 'coef' (intercept first)
+    "Score rows by q̂, the least-squares estimate of the hidden quality from the bar statistics, fitted on training rows."
+    fit_quality = np.asarray(fit_quality, float)
+    inside = np.isfinite(fit_quality)
+    if inside.sum() <= fit_stats.shape[1]:
+        raise ValueError(f"the observable ceiling needs more than {fit_stats.shape[1]} training rows inside an episode, "
+                         f"got {int(inside.sum())}")
+    design = lambda s: np.c_[np.ones(len(s)), s]
+    coef = np.linalg.lstsq(design(fit_stats[inside]), fit_quality[inside], rcond=None)[0]
+    q_hat = design(stats) @ coef
+    return {'score': q_hat, 'ev': quality_ev(design(fit_stats) @ coef, fit_y, q_hat, bins), 'coef': coef}
+
+def observable_model(data:dict, # from `load_training_data` (in memory)
+                     rows:np.ndarray, # indices of the rows to score
+                     fit:np.ndarray, # indices of the training-period rows it is fitted on
+                     episodes:pd.DataFrame, # the answer key (`read_truth`)
+                    ) -> dict: # `observable_ceiling` on those rows, plus 'corr': of q̂ with q where the rows lie in an episode
+    "The observable ceiling of a split: bar statistics from the sequences, q from the answer key for the training rows only."
+    stats = precursor_stats(data['X'], data['mask'], data['meta']['days_in_pattern'].to_numpy())
+    quality = lambda idx: episode_truth(data['meta'].iloc[idx], episodes)['quality'].to_numpy()
+    out = observable_ceiling(stats[rows], stats[fit], quality(fit), data['y'][fit])
+    q, inside = quality(rows), np.isfinite(quality(rows))
+    out['corr'] = float(np.corrcoef(out['score'][inside], q[inside])[0, 1]) if inside.sum() > 2 else np.nan
+    return out
+
 # %% ../nbs/07_validate.ipynb #b133891d
 ORACLE = 'Oracle (hidden quality)'
 
@@ -488,15 +522,15 @@ def quality_table(y:np.ndarray, # true class per row
                   n_boot:int=1000, # bootstrap replicates
                   seed:int=0, # seed of the replicates (the same for every row of the table)
                   level:float=0.95, # coverage of the intervals
-                 ) -> pd.DataFrame: # rows: models (+ ORACLE); per metric: m, m_lo, m_hi (+ m_share of the ceiling)
-    "Models beside the ceiling: every ranking metric with its pattern-bootstrap interval, and each model's share of the oracle's."
+                 ) -> pd.DataFrame: # rows: models (+ ORACLE); per metric: m, m_lo, m_hi (+ m_share of the oracle's, m_of_observable)
+    "Models beside the ceilings: every ranking metric with its pattern-bootstrap interval, and each model's share of the oracle's and of the observable ceiling's."
     rows = {**models, **({ORACLE: oracle} if oracle is not None else {})}
     table = pd.DataFrame({name: bootstrap_metrics(y, pattern, m, n_boot, seed, level) for name, m in rows.items()}).T.astype(float)
-    if oracle is not None:
+    for ceiling, suffix in ((ORACLE, 'share'), (OBSERVABLE, 'of_observable')):
+        if ceiling not in table.index: continue
         for m in RANKING_METRICS:
-            ceiling = table.loc[ORACLE, m]
-            table[f'{m}_share'] = table[m] / ceiling if ceiling > 0 else np.nan
-    table = table[[c for m in RANKING_METRICS for c in (m, f'{m}_lo', f'{m}_hi', f'{m}_share') if c in table]]
+            table[f'{m}_{suffix}'] = table[m] / table.loc[ceiling, m] if table.loc[ceiling, m] > 0 else np.nan
+    table = table[[c for m in RANKING_METRICS for c in (m, f'{m}_lo', f'{m}_hi', f'{m}_share', f'{m}_of_observable') if c in table]]
     table.attrs.update(n=len(y), n_k4=int((np.asarray(y) == K4).sum()), n_patterns=int(pd.Series(pattern).nunique()),
                        n_boot=n_boot, level=level, seed=seed)
     return table
@@ -510,9 +544,11 @@ def model_comparison(y:np.ndarray, # true class per validation row
                      oracle:dict=None, # `oracle_model` on the same rows; None: no ceiling
                      n_boot:int=1000, # bootstrap replicates
                      seed:int=0, # seed of the replicates
+                     references:dict=None, # name -> scores without class probabilities, e.g. {OBSERVABLE: `observable_model`}
                     ) -> pd.DataFrame: # `quality_table` + accuracy, K4 precision, K3+K4 recall, n, n_k4, seconds
-    "Every model beside the ceiling with its intervals, plus the classification figures and the time it took."
-    quality = quality_table(y, pattern, {n: model_scores(p) for n, p in probs.items()}, oracle, n_boot, seed)
+    "Every model beside the ceilings with its intervals, plus the classification figures and the time it took."
+    models = {n: model_scores(p) for n, p in probs.items()} | (references or {})
+    quality = quality_table(y, pattern, models, oracle, n_boot, seed)
     extra = pd.DataFrame({n: classification_metrics(p, y) for n, p in probs.items()}).T
     table = quality.join(extra[['accuracy', 'k4_precision', 'k3k4_recall', 'n', 'n_k4']]).assign(seconds=pd.Series(seconds))
     table.attrs = dict(quality.attrs)
@@ -829,34 +865,41 @@ def run_checks(preds:pd.DataFrame, # predictions (`06_predict`)
     checks = [temporal_sequence_check(preds), future_contamination_check(scored), k4_recall_consistency_check(scored),
               ev_correlation_check(scored), class_drift_check(scored),
               temporal_audit_check(preds, sequences, ohlcv, n_audit, seed, bar_fn), split_purge_check(preds, scored, split)]
-    return {'scope': text, 'split': split, 'checks': checks, 'performance': performance(scored),
+    perf = performance(scored)
+    return {'scope': text, 'split': split, 'checks': checks, 'performance': perf,
             'signal_quality': signal_quality(scored), 'strong_signals': strong_signal_check(scored),
             'quality': model_quality(preds, scored, split, episodes, n_boot, seed),
-            'backtest': backtest(scored, sequences, ohlcv, seed=seed), 'verdict': verdict(checks), 'scored': scored}
+            'backtest': backtest(scored, sequences, ohlcv, seed=seed), 'verdict': verdict(checks, perf), 'scored': scored}
+
+REFERENCE_TARGETS = {'accuracy': ('0.60–0.70', lambda v: 0.60 <= v <= 0.70), 'k4_recall': ('> 0.40', lambda v: v > 0.40),
+                     'k3k4_recall': ('> 0.70', lambda v: v > 0.70), 'ev_corr': ('> 0.30', lambda v: v > 0.30)}
 
 def verdict(checks:list, # test results
-           ) -> dict: # passed (bool), headline, lines
-    "The final verdict: failed tests, leakage vs quality, tests not evaluated."
+            perf:dict, # `performance` of the scored rows
+           ) -> dict: # passed (no test failed), targets_met, lines: the verdict's two lines
+    "The verdict in two lines: the seven tests (leakage and quality apart), and the reference's four targets with their values."
     by = {c['test']: c for c in checks}
     failed = [c for c in checks if c['status'] in FAILED]
-    open_ = [c for c in checks if c['status'] in (UNKNOWN, SKIPPED)]
     name = lambda c: f"Test {c['test']} ({c['name']}{': no signal' if c['status'] == NO_SIGNAL else ''})"
     def group(tests, label):
         fails = [by[t] for t in tests if by[t]['status'] in FAILED]
         if fails: return f"{label}: FAILED — {', '.join(name(c) for c in fails)}"
         undecided = [by[t] for t in tests if by[t]['status'] != PASS]
         return f"{label}: passed" + (f", but {', '.join(name(c) for c in undecided)} not evaluated" if undecided else '')
-    headline = ("✓ **ALL TESTS PASSED** - No temporal leakage detected" if not failed and not open_ else
-                "✓ **NO TEST FAILED** - but not every test could be evaluated" if not failed else
-                f"⚠ **WARNINGS DETECTED** - {len(failed)} of {len(checks)} tests failed; review them above")
-    lines = [group(LEAKAGE_TESTS, 'Leakage tests (1, 2, 6, 7)'), group(QUALITY_TESTS, 'Quality tests (3, 4, 5)')]
-    lines += [f"{name(c)}: {c['status']} — {c['note']}" for c in open_]
-    return {'passed': not failed, 'headline': headline, 'lines': lines}
+    n_pass = sum(c['status'] == PASS for c in checks)
+    tests = (f"Tests: {n_pass} of {len(checks)} passed — " +
+             '; '.join([group(LEAKAGE_TESTS, 'leakage tests (1, 2, 6, 7)'), group(QUALITY_TESTS, 'quality tests (3, 4, 5)')]))
+    met = {k: bool(np.isfinite(perf[k]) and ok(perf[k])) for k, (_, ok) in REFERENCE_TARGETS.items()}
+    targets = (f"Reference targets: met {sum(met.values())} of {len(met)} — " +
+               ', '.join(f"{METRIC_NAMES[k]} {fmt(perf[k])} ({REFERENCE_TARGETS[k][0]}: {'met' if met[k] else 'missed'})"
+                         for k in REFERENCE_TARGETS))
+    return {'passed': not failed, 'targets_met': sum(met.values()), 'lines': [tests, targets]}
+
 
 # %% ../nbs/07_validate.ipynb #deb321ab
 STATUS_MARK = {PASS: '✓ PASSED', FAIL: '✗ FAILED', NO_SIGNAL: '✗ NO SIGNAL', UNKNOWN: '? UNKNOWN', SKIPPED: '– SKIPPED'}
-TARGETS = {'accuracy': '0.60–0.70', 'k4_recall': '> 0.40', 'k4_precision': '', 'k3k4_recall': '> 0.70', 'ev_corr': '> 0.30',
-           'k4_pr_auc': '', 'ece_top_class': '', 'ece_k4': ''}
+TARGETS = {k: REFERENCE_TARGETS.get(k, ('',))[0]   # the performance table's rows, with the reference's targets where it set one
+           for k in ['accuracy', 'k4_recall', 'k4_precision', 'k3k4_recall', 'ev_corr', 'k4_pr_auc', 'ece_top_class', 'ece_k4']}
 METRIC_NAMES = {'accuracy': 'Overall accuracy', 'k4_recall': 'K4 recall', 'k4_precision': 'K4 precision',
                 'k3k4_recall': 'K3+K4 recall', 'ev_corr': 'EV correlation', 'k4_pr_auc': 'K4 PR-AUC',
                 'ece_top_class': 'Calibration error, top class (ECE)', 'ece_k4': 'Calibration error, P(K4) (ECE)'}
@@ -880,9 +923,10 @@ def quality_display(table:pd.DataFrame, # from `quality_table` (or read back fro
                    ) -> pd.DataFrame: # metric (rows) x model (columns): 'value [lo, hi]', and each model's share of the ceiling
     "The quality table for reading."
     def cell(r, m):
-        share = r.get(f'{m}_share', np.nan)
+        shares = [(float(r.get(f'{m}_{k}', np.nan)), ceiling) for k, ceiling in (('of_observable', 'observable'), ('share', 'oracle'))
+                  if r.name not in (ORACLE, OBSERVABLE) or (k == 'share' and r.name == OBSERVABLE)]
         return (f"{fmt(float(r[m]))} [{fmt(float(r[f'{m}_lo']))}, {fmt(float(r[f'{m}_hi']))}]"
-                + (f" · {share:.0%} of ceiling" if r.name != ORACLE and np.isfinite(share) else ''))
+                + ''.join(f" · {s:.0%} of {c}" for s, c in shares if np.isfinite(s)))
     return pd.DataFrame({name: [cell(r, m) for m in RANKING_METRICS] for name, r in table.iterrows()},
                         index=[RANKING_NAMES[m] for m in RANKING_METRICS])
 
@@ -953,7 +997,7 @@ def render_report(results:dict, # from `run_checks` (+ optional 'inputs')
     out += [sep] + quality_section(results['quality'])
     out += [sep] + backtest_section(results['backtest'], (figures or {}).get('backtest'))
     v = results['verdict']
-    out += [sep, '\n## Final Verdict', f"\n{v['headline']}", ''] + [f"- {line}" for line in v['lines']] + [sep]
+    out += [sep, '\n## Final Verdict', ''] + [f"- {line}" for line in v['lines']] + [sep]
     return '\n'.join(out) + '\n'
 
 # %% ../nbs/07_validate.ipynb #a7109101
@@ -1100,7 +1144,7 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
     res = validate(predictions, output, sequences, ohlcv, model, scope, n_audit, seed, metrics, truth=truth, n_boot=n_boot,
                    provenance=not no_provenance_check)
     for c in res['checks']: print(f"Test {c['test']}: {c['name']}: {c['status']}")
-    print(res['verdict']['headline'].replace('**', ''))
+    print('\n'.join(res['verdict']['lines']))
     print(f"report: {res['report']}; metrics: {res['metrics']}")
     if strict and not res['verdict']['passed']: sys.exit(1)
 
@@ -1113,13 +1157,15 @@ def evaluation_variants(losses:list=('asymmetric', 'cross_entropy', 'focal'), # 
                         k4_weights:list=(), # extra asymmetric runs with these K4 weights (the sweep)
                         model_sizes:list=(), # extra asymmetric runs with these model sizes
                         lightgbm:bool=True, # add the LightGBM window baseline
+                        precursor:bool=True, # add the precursor baseline (a linear model of four bar statistics)
                         **recipe, # the shared training settings (model_size, k4_weight, epochs, ...)
-                       ) -> dict: # model name -> keyword arguments of `fit_model` (of `lightgbm_baseline` for LIGHTGBM)
+                       ) -> dict: # model name -> keyword arguments of `fit_model` (of `lightgbm_baseline`, `precursor_baseline`)
     "The models of a walk-forward comparison: the losses, then one-knob variations of the asymmetric recipe."
     variants = {f'MambaAttention ({loss})': {**recipe, 'loss': loss} for loss in losses}
     variants |= {f'MambaAttention (asymmetric, K4 weight {w:g})': {**recipe, 'loss': 'asymmetric', 'k4_weight': float(w)} for w in k4_weights}
     variants |= {f'MambaAttention (asymmetric, {size})': {**recipe, 'loss': 'asymmetric', 'model_size': size} for size in model_sizes}
-    return variants | ({LIGHTGBM: {'k4_weight': float(recipe.get('k4_weight', RECIPE.k4_weight))}} if lightgbm else {})
+    k4_weight = {'k4_weight': float(recipe.get('k4_weight', RECIPE.k4_weight))}
+    return variants | ({LIGHTGBM: k4_weight} if lightgbm else {}) | ({PRECURSOR: k4_weight} if precursor else {})
 
 def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (from `load_training_data`)
                  variants:dict, # from `evaluation_variants`
@@ -1145,11 +1191,15 @@ def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (
             if on_row is not None: on_row(pd.DataFrame(rows))
         if episodes is not None and (k, -1, ORACLE) not in have:
             add(-1, ORACLE, oracle_model(data['meta'].iloc[val], data['meta'].iloc[fold['fit']], episodes), 0.0)
+        if episodes is not None and (k, -1, OBSERVABLE) not in have:
+            t0 = time.perf_counter()
+            add(-1, OBSERVABLE, observable_model(data, val, fold['fit'], episodes), time.perf_counter() - t0)
         for seed in seeds:
             for name, kwargs in variants.items():
                 if (k, seed, name) in have: continue
                 t0 = time.perf_counter()
                 if name == LIGHTGBM: probs = lightgbm_baseline(fold, seed=seed, **kwargs)['probs']
+                elif name == PRECURSOR: probs = precursor_baseline(fold, **kwargs)['probs']
                 else:
                     res = fit_model(fold, Path(workdir) / f'fold{k}' / f'seed{seed}' / name.replace(' ', '_'), seed=seed,
                                     verbose=False, progress=False, **kwargs)
@@ -1159,13 +1209,14 @@ def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (
 
 # %% ../nbs/07_validate.ipynb #a1b1edc7
 def evaluation_summary(results:pd.DataFrame, # from `walk_forward`
-                      ) -> pd.DataFrame: # per model: runs, then mean and std of each metric (+ its share of the oracle's on the same fold)
-    "Mean ± std over folds x seeds per model; the share of the ceiling is taken fold by fold, then averaged."
+                      ) -> pd.DataFrame: # per model: runs, then mean and std of each metric (+ its shares of the oracle's and the observable ceiling's on the same fold)
+    "Mean ± std over folds x seeds per model; the shares of the ceilings are taken fold by fold, then averaged."
     r = results.copy()
-    oracle = r[r['model'] == ORACLE].set_index('fold')
-    for m in EVALUATION_METRICS:
-        if len(oracle): r[f'{m}_share'] = r[m] / r['fold'].map(oracle[m]).where(lambda v: v > 0)
-    cols = [c for m in EVALUATION_METRICS for c in (m, f'{m}_share') if c in r]
+    for ceiling, suffix in ((ORACLE, 'share'), (OBSERVABLE, 'of_observable')):
+        per_fold = r[r['model'] == ceiling].set_index('fold')
+        for m in EVALUATION_METRICS:
+            if len(per_fold): r[f'{m}_{suffix}'] = r[m] / r['fold'].map(per_fold[m]).where(lambda v: v > 0)
+    cols = [c for m in EVALUATION_METRICS for c in (m, f'{m}_share', f'{m}_of_observable') if c in r]
     g = r.groupby('model', sort=False)
     out = pd.concat({'mean': g[cols].mean(), 'std': g[cols].std(ddof=1)}, axis=1).swaplevel(axis=1)
     out = out[[(c, s) for c in cols for s in ('mean', 'std')]]

@@ -11,18 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from k4_nbdev.data import fingerprint, read_store
+import k4_nbdev
+from k4_nbdev.data import MarketParams, fingerprint, read_store, synthetic_market, write_store
 from k4_nbdev.patterns import read_metadata, write_table
 from k4_nbdev.definitions import PROB_COLUMNS, expected_value
 from k4_nbdev.predict import predict
-from k4_nbdev.sequences import bar_features, market_sequences, read_sequences
-from k4_nbdev.train import classification_metrics
-from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
+from k4_nbdev.patterns import market_snapshots
+from k4_nbdev.sequences import bar_features, build_sequences, market_sequences, read_sequences, ticker_sequences
+from k4_nbdev.train import PRECURSOR, classification_metrics, load_training_data, precursor_baseline, precursor_stats
+from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
                                backtest, bootstrap_metrics, calibration_table, class_drift_check, confusion_matrix,
                                equity_curve, ev_correlation_check, first_snapshots, future_contamination_check,
                                k4_recall_consistency_check, max_drawdown, model_scores, oracle_model, pattern_resamples,
                                per_class_table, quality_ev, quality_table, random_picks, ranking_metrics, render_report, run_checks,
-                               run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check, strong_signal_check,
+                               run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check, strong_signal_check, observable_model,
                                temporal_audit_check, temporal_sequence_check, validate, validate_cli)
 from k4_nbdev.testing import exit_of, flat_path, one_bar_ahead, simulate, toy
 
@@ -91,8 +93,12 @@ def test_no_k4_found_in_either_half_is_no_signal_and_fails_the_verdict():
     result = k4_recall_consistency_check(preds)
     assert result['status'] == NO_SIGNAL and result['details']['Consistency'] == 'NO SIGNAL'
     results = run_checks(preds, n_boot=20)
-    assert not results['verdict']['passed'] and 'WARNINGS DETECTED' in results['verdict']['headline']
-    assert 'Quality tests (3, 4, 5): FAILED — Test 3 (K4 Recall Consistency: no signal)' in results['verdict']['lines']
+    tests, targets = results['verdict']['lines']
+    n_pass = sum(c['status'] == PASS for c in results['checks'])
+    assert not results['verdict']['passed'] and n_pass < 7 and tests.startswith(f'Tests: {n_pass} of 7 passed — ')
+    assert 'quality tests (3, 4, 5): FAILED — Test 3 (K4 Recall Consistency: no signal)' in tests
+    assert results['verdict']['targets_met'] == 0 and targets.startswith('Reference targets: met 0 of 4 — ')
+    assert 'K4 recall 0.000 (> 0.40: missed)' in targets
     assert '### Test 3: K4 Recall Consistency\n**Status**: ✗ NO SIGNAL' in render_report(results)
 
 
@@ -152,7 +158,7 @@ def test_leaky_builder_is_flagged_by_the_report(run):
     assert not results['verdict']['passed']
     report = render_report(results)
     assert '### Test 6: Temporal Audit (recomputed from truncated histories)\n**Status**: ✗ FAILED' in report
-    assert 'Leakage tests (1, 2, 6, 7): FAILED' in report and 'WARNINGS DETECTED' in report
+    assert 'leakage tests (1, 2, 6, 7): FAILED — Test 6' in report and 'PASSED**' not in report
 
 
 # --- test 7 -------------------------------------------------------------------------------------------------
@@ -202,6 +208,9 @@ def test_validate_cli_writes_report_metrics_and_figures(run, capsys):
     assert 'Test 1: Temporal Sequence Validation: PASS' in out and 'Test 6' in out
     text = report.read_text()
     assert text.startswith('# MambaAttention Validation Report') and '## Final Verdict' in text
+    tests, targets = text.split('## Final Verdict')[1].strip().splitlines()[:2]   # the verdict: two lines, also printed
+    assert tests.startswith('- Tests: ') and targets.startswith('- Reference targets: met ') and 'ALL TESTS PASSED' not in text
+    assert tests[2:] in out and targets[2:] in out
     assert 'on or after the split date' in text
     links = [line.split('](')[1].rstrip(')') for line in text.splitlines() if line.startswith('![')]
     assert len(links) == 7 and all((report.parent / link).exists() for link in links)
@@ -584,20 +593,21 @@ def test_validate_checks_numeric_flags_first(inputs, tmp_path, flag, value, need
 
 # --- walk-forward x seeds: k4-evaluate --------------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def small_market(tmp_path_factory):
-    "A 40-ticker, 6-year synthetic market's sequences and answer key: enough history for two walk-forward folds."
-    import k4_nbdev
-    from k4_nbdev.data import synthetic_market, write_store
-    from k4_nbdev.patterns import market_snapshots
-    from k4_nbdev.sequences import build_sequences
-    root = tmp_path_factory.mktemp('evaluate')
-    frames, episodes = synthetic_market(40, 1500, seed=5, with_episodes=True)
+def bench_market(root:Path, seed:int, params=None) -> Path:
+    "A 40-ticker, 6-year synthetic market's store, answer key and sequences in `root`, made by the stages' own functions."
+    root.mkdir(parents=True, exist_ok=True)
+    frames, episodes = synthetic_market(40, 1500, seed=seed, params=params, with_episodes=True)
     store = write_store(frames, root / 'ohlcv'); episodes.to_parquet(root / 'episodes.parquet', index=False)
     _, snapshots = market_snapshots(frames, progress=False)
     meta = {'stage': 'patterns', 'version': k4_nbdev.__version__, 'input': {'source': str(store), 'fingerprint': fingerprint(store)}}
     build_sequences(write_table(snapshots, root / 'snapshots.parquet', meta), store, root / 'sequences.parquet', progress=False)
     return root
+
+
+@pytest.fixture(scope='module')
+def small_market(tmp_path_factory):
+    "A 40-ticker, 6-year synthetic market's sequences and answer key: enough history for two walk-forward folds."
+    return bench_market(tmp_path_factory.mktemp('evaluate'), seed=5)
 
 
 def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
@@ -607,13 +617,15 @@ def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
             '--seeds', '2', '--epochs', '1', '--losses', 'asymmetric', '--truth', str(small_market / 'episodes.parquet')]
     evaluate_cli(argv)
     rows = pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[0])
-    assert sorted(rows['model'].unique()) == sorted([ORACLE, 'MambaAttention (asymmetric)', 'LightGBM (window summaries)'])
-    assert len(rows) == 2 * (1 + 2 * 2)                                    # per fold: the oracle, and 2 seeds x 2 models
-    assert (rows[rows['model'] == ORACLE]['seed'] == -1).all() and rows['fold'].tolist() == sorted(rows['fold'])
+    assert sorted(rows['model'].unique()) == sorted([ORACLE, OBSERVABLE, 'MambaAttention (asymmetric)', 'LightGBM (window summaries)',
+                                                     PRECURSOR])
+    assert len(rows) == 2 * (2 + 2 * 3)                                    # per fold: the two ceilings, and 2 seeds x 3 models
+    assert (rows[rows['model'].isin([ORACLE, OBSERVABLE])]['seed'] == -1).all() and rows['fold'].tolist() == sorted(rows['fold'])
     assert rows.groupby('fold')['split_date'].nunique().eq(1).all() and rows['split_date'].nunique() == 2
     assert rows['k4_pr_auc'].between(0, 1).all()
     summary = pd.read_csv(tmp_path / 'ev' / EVALUATION_FILES[1], header=[0, 1], index_col=0)
     assert summary.loc[ORACLE, ('k4_pr_auc_share', 'mean')] == pytest.approx(1.0)
+    assert summary.loc[OBSERVABLE, ('k4_pr_auc_of_observable', 'mean')] == pytest.approx(1.0)
     assert (tmp_path / 'ev' / EVALUATION_FILES[2]).stat().st_size > 10_000
     assert 'MambaAttention (asymmetric)' in capsys.readouterr().out
     # --resume keeps every finished row and trains nothing again
@@ -648,3 +660,50 @@ def test_evaluate_never_writes_into_its_input(small_market):
     code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(small_market)])
     assert code == 1 and 'does not hold --sequences' in msg and '\n' not in msg.strip(), msg
     assert sorted(p.name for p in small_market.iterdir()) == before
+
+
+# --- the reachable ceiling and the simple baseline ---------------------------------------------------------------------
+def test_precursor_statistics_read_no_bar_after_the_snapshot(small_market):
+    "The observable ceiling's and the precursor baseline's inputs, from the history cut at each snapshot, are the same numbers."
+    frames = read_store(small_market / 'ohlcv')
+    X, mask, meta = read_sequences(small_market / 'sequences.parquet')
+    full = precursor_stats(X, mask, meta['days_in_pattern'].to_numpy())
+    snaps = pd.read_parquet(small_market / 'snapshots.parquet')
+    for i in np.random.default_rng(0).choice(len(meta), 25, replace=False):
+        row = meta.iloc[i]
+        df = frames[row['ticker']]
+        cut = df[df['date'] <= row['snapshot_date']]
+        snap = snaps[(snaps['pattern_id'] == row['pattern_id']) & (snaps['snapshot_date'] == row['snapshot_date'])]
+        Xc, mc, metac = ticker_sequences(cut, snap, X.shape[1])
+        assert np.array_equal(precursor_stats(Xc, mc, metac['days_in_pattern'].to_numpy())[0], full[i])
+
+
+def test_observable_ceiling_scores_from_the_bars_alone_and_follows_the_precursors(small_market, tmp_path):
+    "q̂ is fitted on the training rows' q and scores from the bars: the validation rows' q can change without changing it."
+    data = load_training_data(small_market / 'sequences.parquet')
+    episodes = pd.read_parquet(small_market / 'episodes.parquet')
+    base = observable_model(data, data['val'], data['train'], episodes)
+    shuffled = episodes.assign(quality=np.random.default_rng(1).permutation(episodes['quality'].to_numpy()))
+    later = pd.to_datetime(shuffled['start_date']) >= data['info']['split_date']      # episodes the training labels never reach
+    mixed = episodes.where(~later, shuffled)
+    again = observable_model(data, data['val'], data['train'], mixed)
+    assert np.array_equal(base['score'], again['score']) and base['corr'] != again['corr']
+    strong = bench_market(tmp_path / 'x4', seed=5, params=MarketParams(accumulation=0.48, tightening=1.6, close_location=0.6))
+    data4 = load_training_data(strong / 'sequences.parquet')
+    four = observable_model(data4, data4['val'], data4['train'], pd.read_parquet(strong / 'episodes.parquet'))
+    assert four['corr'] > max(0.5, base['corr'] + 0.1), (base['corr'], four['corr'])   # stronger precursors, better estimate
+    none = bench_market(tmp_path / 'x0', seed=5, params=MarketParams(accumulation=0, tightening=0, close_location=0))
+    data0 = load_training_data(none / 'sequences.parquet')
+    zero = observable_model(data0, data0['val'], data0['train'], pd.read_parquet(none / 'episodes.parquet'))
+    assert abs(zero['corr']) < 0.3, zero['corr']                  # no precursors: the bars say (almost) nothing about q
+
+
+def test_precursor_baseline_needs_no_answer_key(small_market, tmp_path):
+    "Labels only: from a sequences file in a folder without episodes.parquet, calibrated probabilities for every validation row."
+    alone = Path(shutil.copy(small_market / 'sequences.parquet', tmp_path / 'sequences.parquet'))
+    assert not (tmp_path / 'episodes.parquet').exists()
+    data = load_training_data(alone)
+    res = precursor_baseline(data)
+    assert res['probs'].shape == (len(data['val']), 6) and np.allclose(res['probs'].sum(1), 1, atol=1e-5)
+    assert list(res['coef'].index) == ['volume_imbalance', 'close_location', 'range_trend', 'swing_trend']
+    assert np.array_equal(precursor_baseline(data)['probs'], res['probs'])          # no seed: the same fit every time
