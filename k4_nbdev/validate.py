@@ -6,23 +6,24 @@
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
            'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'OBSERVABLE',
-           'ORACLE', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND',
-           'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN',
-           'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL', 'REFERENCE_TARGETS', 'STATUS_MARK',
-           'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows',
-           'check', 'grade', 'date_halves', 'halves_or_unknown', 'temporal_sequence_check',
-           'future_contamination_check', 'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares',
-           'class_drift_check', 'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table',
-           'pr_curve', 'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted',
-           'ranking_metrics', 'pattern_resamples', 'bootstrap_metrics', 'read_truth', 'quality_ev', 'oracle_model',
+           'ORACLE', 'PAIRED_METRICS', 'BASELINES', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS',
+           'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET',
+           'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL',
+           'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM',
+           'EVALUATION_FILES', 'scored_rows', 'check', 'grade', 'date_halves', 'halves_or_unknown',
+           'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
+           'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
+           'confusion_matrix', 'calibration_table', 'pr_curve', 'signal_quality', 'performance', 'alert_key',
+           'weighted_corr', 'chance_none_alerted', 'ranking_metrics', 'pattern_resamples', 'bootstrap_replicates',
+           'percentile_interval', 'bootstrap_metrics', 'with_intervals', 'read_truth', 'quality_ev', 'oracle_model',
            'observable_ceiling', 'observable_model', 'model_scores', 'quality_table', 'model_comparison',
            'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
            'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
            'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
-           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'quality_section', 'strong_section',
-           'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report',
-           'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants', 'walk_forward',
-           'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli']
+           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display', 'quality_section',
+           'strong_section', 'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures',
+           'write_report', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
+           'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -407,6 +408,26 @@ def pattern_resamples(pattern:np.ndarray, # pattern id per row
         drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=min(chunk, n_boot - start))
         yield drawn[:, codes]
 
+def bootstrap_replicates(y:np.ndarray, # true class per row
+                         pattern:np.ndarray, # pattern id per row: the unit that is resampled
+                         model:dict, # 'score' and optionally 'ev', 'pred' per row (`model_scores`, `oracle_model`)
+                         n_boot:int=1000, # replicates
+                         seed:int=0, # seed of the replicates: the same seed draws the same patterns for every model
+                        ) -> dict: # for each of RANKING_METRICS: (value on the rows, (n_boot,) values on the replicates)
+    "A model's ranking metrics on the rows and on each pattern-bootstrap replicate."
+    if n_boot < 1: raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    args = (model['score'], y, pattern, model.get('ev'), model.get('pred'))
+    reps = [ranking_metrics(*args, weights=w) for w in pattern_resamples(pattern, n_boot, seed)]
+    return {k: (v, np.concatenate([rep[k] for rep in reps])) for k, v in ranking_metrics(*args).items()}
+
+def percentile_interval(values:np.ndarray, # replicate values (NaN: undefined on that replicate)
+                        level:float=0.95, # coverage
+                       ) -> tuple: # (lo, hi); NaN when no replicate is defined
+    "The percentile interval of the defined replicate values."
+    r = values[np.isfinite(values)]
+    tail = 50 * (1 - level)
+    return tuple(float(v) for v in np.percentile(r, [tail, 100 - tail])) if len(r) else (np.nan, np.nan)
+
 def bootstrap_metrics(y:np.ndarray, # true class per row
                       pattern:np.ndarray, # pattern id per row: the unit that is resampled
                       model:dict, # 'score' and optionally 'ev', 'pred' per row (`model_scores`, `oracle_model`)
@@ -415,16 +436,14 @@ def bootstrap_metrics(y:np.ndarray, # true class per row
                       level:float=0.95, # coverage of the intervals
                      ) -> dict: # for each of RANKING_METRICS: the value `m` and its interval `m_lo`, `m_hi`
     "A model's ranking metrics with pattern-bootstrap percentile intervals."
-    if n_boot < 1: raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    args = (model['score'], y, pattern, model.get('ev'), model.get('pred'))
-    reps = [ranking_metrics(*args, weights=w) for w in pattern_resamples(pattern, n_boot, seed)]
-    tail, out = 50 * (1 - level), {}
-    for k, v in ranking_metrics(*args).items():
-        r = np.concatenate([rep[k] for rep in reps])
-        r = r[np.isfinite(r)]
-        lo, hi = np.percentile(r, [tail, 100 - tail]) if len(r) else (np.nan, np.nan)
-        out.update({k: v, f'{k}_lo': float(lo), f'{k}_hi': float(hi)})
-    return out
+    return with_intervals(bootstrap_replicates(y, pattern, model, n_boot, seed), level)
+
+def with_intervals(replicates:dict, # from `bootstrap_replicates`
+                   level:float=0.95, # coverage of the intervals
+                  ) -> dict: # for each metric: the value `m` and its interval `m_lo`, `m_hi`
+    "Values and percentile intervals of bootstrapped metrics."
+    return {c: v for k, (value, reps) in replicates.items()
+            for c, v in zip((k, f'{k}_lo', f'{k}_hi'), (value, *percentile_interval(reps, level)))}
 
 # %% ../nbs/07_validate.ipynb #0de38feb
 TRUTH_REQUIRED = ['ticker', 'start_date', 'move_end_date'] + TRUTH_COLUMNS
@@ -515,6 +534,9 @@ def model_scores(probs:np.ndarray, # class probabilities (N, 6)
     probs = np.asarray(probs, float)
     return {'score': probs[:, K4], 'ev': expected_value(probs), 'pred': probs.argmax(1)}
 
+PAIRED_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'k4_recall_top5', 'pattern_k4_recall_top2']   # differenced in pairs
+BASELINES = {PRECURSOR: 'precursor', OBSERVABLE: 'observable'}   # every model is differenced against these rows: column tags
+
 def quality_table(y:np.ndarray, # true class per row
                   pattern:np.ndarray, # pattern id per row
                   models:dict, # name -> `model_scores` (or any dict with 'score' and optionally 'ev', 'pred')
@@ -522,15 +544,23 @@ def quality_table(y:np.ndarray, # true class per row
                   n_boot:int=1000, # bootstrap replicates
                   seed:int=0, # seed of the replicates (the same for every row of the table)
                   level:float=0.95, # coverage of the intervals
-                 ) -> pd.DataFrame: # rows: models (+ ORACLE); per metric: m, m_lo, m_hi (+ m_share of the oracle's, m_of_observable)
+                 ) -> pd.DataFrame: # rows: models (+ ORACLE); per metric: m, m_lo, m_hi (+ m_share of the oracle's, m_of_observable); m_vs_precursor, m_vs_observable (+ _lo, _hi)
     "Models beside the ceilings: every ranking metric with its pattern-bootstrap interval, and each model's share of the oracle's and of the observable ceiling's."
     rows = {**models, **({ORACLE: oracle} if oracle is not None else {})}
-    table = pd.DataFrame({name: bootstrap_metrics(y, pattern, m, n_boot, seed, level) for name, m in rows.items()}).T.astype(float)
+    reps = {name: bootstrap_replicates(y, pattern, m, n_boot, seed) for name, m in rows.items()}
+    table = pd.DataFrame({name: with_intervals(r, level) for name, r in reps.items()}).T.astype(float)
+    for ref, tag in BASELINES.items():   # paired: model minus baseline on the same resampled patterns
+        for name in [n for n in reps if ref in reps and n not in (ref, ORACLE, OBSERVABLE)]:
+            for m in PAIRED_METRICS:
+                diff = {m: (reps[name][m][0] - reps[ref][m][0], reps[name][m][1] - reps[ref][m][1])}
+                for c, v in with_intervals(diff, level).items(): table.loc[name, c.replace(m, f'{m}_vs_{tag}', 1)] = v
     for ceiling, suffix in ((ORACLE, 'share'), (OBSERVABLE, 'of_observable')):
         if ceiling not in table.index: continue
         for m in RANKING_METRICS:
             table[f'{m}_{suffix}'] = table[m] / table.loc[ceiling, m] if table.loc[ceiling, m] > 0 else np.nan
-    table = table[[c for m in RANKING_METRICS for c in (m, f'{m}_lo', f'{m}_hi', f'{m}_share', f'{m}_of_observable') if c in table]]
+    paired = [f'{m}_vs_{tag}{e}' for tag in BASELINES.values() for m in PAIRED_METRICS for e in ('', '_lo', '_hi')]
+    table = table[[c for m in RANKING_METRICS for c in (m, f'{m}_lo', f'{m}_hi', f'{m}_share', f'{m}_of_observable') if c in table]
+                  + [c for c in paired if c in table]]
     table.attrs.update(n=len(y), n_k4=int((np.asarray(y) == K4).sum()), n_patterns=int(pd.Series(pattern).nunique()),
                        n_boot=n_boot, level=level, seed=seed)
     return table
@@ -929,6 +959,18 @@ def quality_display(table:pd.DataFrame, # from `quality_table` (or read back fro
                 + ''.join(f" · {s:.0%} of {c}" for s, c in shares if np.isfinite(s)))
     return pd.DataFrame({name: [cell(r, m) for m in RANKING_METRICS] for name, r in table.iterrows()},
                         index=[RANKING_NAMES[m] for m in RANKING_METRICS])
+
+def paired_display(table:pd.DataFrame, # from `quality_table` with BASELINES rows (or read back from its CSV)
+                  ) -> pd.DataFrame: # metric (rows) x 'model − baseline' (columns): 'difference [lo, hi]'
+    "Each model minus the precursor baseline and minus the observable ceiling, on the same resampled patterns."
+    cols = {}
+    for name, r in table.iterrows():
+        for ref, tag in BASELINES.items():
+            if f'{PAIRED_METRICS[0]}_vs_{tag}' in r and np.isfinite(float(r[f'{PAIRED_METRICS[0]}_vs_{tag}'])):
+                cols[f'{name} − {ref.split(" (")[0].lower()}'] = [
+                    f"{float(r[f'{m}_vs_{tag}']):+.3f} [{float(r[f'{m}_vs_{tag}_lo']):+.3f}, {float(r[f'{m}_vs_{tag}_hi']):+.3f}]"
+                    for m in PAIRED_METRICS]
+    return pd.DataFrame(cols, index=[RANKING_NAMES.get(m, m) for m in PAIRED_METRICS])
 
 def quality_section(table:pd.DataFrame, # `model_quality`
                    ) -> list: # markdown lines
