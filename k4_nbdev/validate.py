@@ -950,13 +950,15 @@ def md_table(df:pd.DataFrame, # table to render
     return lines + ['| ' + ' | '.join([str(i)] + [fmt(v) for v in row]) + ' |' for i, row in zip(df.index, df.itertuples(index=False))]
 
 def quality_display(table:pd.DataFrame, # from `quality_table` (or read back from its CSV)
-                   ) -> pd.DataFrame: # metric (rows) x model (columns): 'value [lo, hi]', and each model's share of the ceiling
-    "The quality table for reading."
+                   ) -> pd.DataFrame: # metric (rows) x model (columns): 'value [lo, hi] · share of a ceiling'
+    "The quality table for reading: each model's share of the observable ceiling (else of the oracle), the observable ceiling's of the oracle."
+    # a model's share of the reachable ceiling where there is one, else of the oracle's; the observable ceiling's of the oracle's
+    lead = 'of_observable' if OBSERVABLE in table.index else 'share'
     def cell(r, m):
-        shares = [(float(r.get(f'{m}_{k}', np.nan)), ceiling) for k, ceiling in (('of_observable', 'observable'), ('share', 'oracle'))
-                  if r.name not in (ORACLE, OBSERVABLE) or (k == 'share' and r.name == OBSERVABLE)]
+        key = None if r.name == ORACLE else 'share' if r.name == OBSERVABLE else lead
+        share = float(r.get(f'{m}_{key}', np.nan)) if key else np.nan
         return (f"{fmt(float(r[m]))} [{fmt(float(r[f'{m}_lo']))}, {fmt(float(r[f'{m}_hi']))}]"
-                + ''.join(f" · {s:.0%} of {c}" for s, c in shares if np.isfinite(s)))
+                + (f" · {share:.0%} of {'observable' if key == 'of_observable' else 'oracle'}" if np.isfinite(share) else ''))
     return pd.DataFrame({name: [cell(r, m) for m in RANKING_METRICS] for name, r in table.iterrows()},
                         index=[RANKING_NAMES[m] for m in RANKING_METRICS])
 
@@ -1266,12 +1268,15 @@ def evaluation_summary(results:pd.DataFrame, # from `walk_forward`
     return out
 
 def summary_display(summary:pd.DataFrame, # from `evaluation_summary`
-                   ) -> pd.DataFrame: # strings 'mean ± std' per metric (share of the ceiling in %)
+                   ) -> pd.DataFrame: # strings 'mean ± std' per metric (shares of the ceilings in %)
     "The summary as a readable table."
     show = lambda m, s, pct: '–' if pd.isna(m) else (f'{100 * m:.0f}% ± {100 * s:.0f}' if pct else f'{m:.3f} ± {s:.3f}') if pd.notna(s) else (f'{100 * m:.0f}%' if pct else f'{m:.3f}')
-    name = lambda c: f"{RANKING_NAMES.get(c[:-6], c[:-6])}: share of the ceiling" if c.endswith('_share') else RANKING_NAMES.get(c, c)
+    shares = {'_share': 'share of the oracle', '_of_observable': 'share of the observable ceiling'}
+    def name(c):
+        suffix = next((s for s in shares if c.endswith(s)), None)
+        return f"{RANKING_NAMES.get(c[:-len(suffix)], c[:-len(suffix)])}: {shares[suffix]}" if suffix else RANKING_NAMES.get(c, c)
     cols = {c: name(c) for c in dict.fromkeys(c for c, _ in summary.columns[1:])}
-    table = pd.DataFrame({name: [show(summary.loc[i, (c, 'mean')], summary.loc[i, (c, 'std')], c.endswith('_share'))
+    table = pd.DataFrame({name: [show(summary.loc[i, (c, 'mean')], summary.loc[i, (c, 'std')], c.endswith(tuple(shares)))
                                  for i in summary.index] for c, name in cols.items()}, index=summary.index)
     table.insert(0, 'runs', summary[('runs', '')])
     return table

@@ -22,10 +22,10 @@ from k4_nbdev.train import PRECURSOR, classification_metrics, load_training_data
 from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
                                backtest, bootstrap_metrics, calibration_table, class_drift_check, confusion_matrix,
                                equity_curve, ev_correlation_check, first_snapshots, future_contamination_check,
-                               k4_recall_consistency_check, max_drawdown, model_scores, oracle_model, pattern_resamples,
-                               per_class_table, quality_ev, quality_table, random_picks, ranking_metrics, render_report, run_checks,
-                               run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check, strong_signal_check, observable_model,
-                               temporal_audit_check, temporal_sequence_check, validate, validate_cli)
+                               k4_recall_consistency_check, max_drawdown, model_scores, observable_model, oracle_model,
+                               paired_display, pattern_resamples, per_class_table, quality_ev, quality_table, random_picks,
+                               ranking_metrics, render_report, run_checks, run_trades, scored_rows, signal_quality, simulate_trade,
+                               split_purge_check, strong_signal_check, temporal_audit_check, temporal_sequence_check, validate, validate_cli)
 from k4_nbdev.testing import exit_of, flat_path, one_bar_ahead, simulate, toy
 
 
@@ -469,13 +469,33 @@ def test_quality_table_shares_of_the_ceiling():
     assert 'k4_pr_auc_share' not in quality_table(y, preds['pattern_id'], {'m': model_scores(probs)}, n_boot=10)
 
 
+def test_paired_differences_against_the_baseline_and_the_observable_ceiling():
+    "Model minus baseline on the same resampled patterns: the point difference, an interval around it, none for the ceilings."
+    y = episode_classes()
+    pattern = toy(y)['pattern_id']
+    k4 = (y == 4).astype(float)
+    good, weak = {'score': k4 + np.linspace(0, 0.5, 40)}, {'score': np.linspace(0, 1, 40)}     # weak: K4 rows not first
+    observable = {'score': k4 * 2.0}
+    table = quality_table(y, pattern, {'m': good, PRECURSOR: weak, OBSERVABLE: observable}, n_boot=200)
+    for m in ['k4_pr_auc', 'k4_recall_top5']:
+        diff = table.loc['m', m] - table.loc[PRECURSOR, m]
+        assert table.loc['m', f'{m}_vs_precursor'] == pytest.approx(diff) and diff > 0
+        assert table.loc['m', f'{m}_vs_precursor_lo'] <= diff <= table.loc['m', f'{m}_vs_precursor_hi']
+        assert table.loc['m', f'{m}_vs_observable'] == pytest.approx(table.loc['m', m] - table.loc[OBSERVABLE, m])
+    assert table.loc[OBSERVABLE, ['k4_pr_auc_vs_precursor', 'k4_pr_auc_vs_observable']].isna().all()
+    assert table.loc[PRECURSOR, 'k4_pr_auc_vs_precursor'] != table.loc[PRECURSOR, 'k4_pr_auc_vs_precursor']   # NaN: not itself
+    assert table.loc['m', 'k4_pr_auc_of_observable'] == pytest.approx(table.loc['m', 'k4_pr_auc'] / table.loc[OBSERVABLE, 'k4_pr_auc'])
+    assert list(paired_display(table).columns) == ['m − precursor baseline', 'm − observable ceiling',
+                                                   f'{PRECURSOR} − observable ceiling']
+
+
 def test_validate_with_an_answer_key_reports_the_ceiling(tmp_path):
     preds = toy(episode_classes())
     write_table(preds, tmp_path / 'p.parquet', {'stage': 'test', 'split': {'split_date': '2021-05-24'}})
     EPISODES.to_parquet(tmp_path / 'episodes.parquet')
     res = validate(tmp_path / 'p.parquet', tmp_path / 'r.md', truth=tmp_path / 'episodes.parquet', n_boot=50, provenance=False)
     text = (tmp_path / 'r.md').read_text()
-    assert '## Ceiling and confidence' in text and ORACLE in text and 'of ceiling' in text
+    assert '## Ceiling and confidence' in text and ORACLE in text and '% of oracle' in text
     assert 'labels ending before the split date 2021-05-24' in text
     q = json.loads((tmp_path / 'metrics.json').read_text())['quality']
     assert q['index'] == ['MambaAttention', ORACLE] and 'k4_pr_auc_share' in q['columns'] and q['n_boot'] == 50
