@@ -1268,18 +1268,17 @@ def evaluation_summary(results:pd.DataFrame, # from `walk_forward`
     return out
 
 def summary_display(summary:pd.DataFrame, # from `evaluation_summary`
-                   ) -> pd.DataFrame: # strings 'mean ± std' per metric (shares of the ceilings in %)
-    "The summary as a readable table."
+                   ) -> pd.DataFrame: # metric (rows, 'runs' first) x model (columns): 'mean ± std' (shares of the ceilings in %)
+    "The summary as a readable table: one column per model, so it stays narrow however many metrics it has."
     show = lambda m, s, pct: '–' if pd.isna(m) else (f'{100 * m:.0f}% ± {100 * s:.0f}' if pct else f'{m:.3f} ± {s:.3f}') if pd.notna(s) else (f'{100 * m:.0f}%' if pct else f'{m:.3f}')
     shares = {'_share': 'share of the oracle', '_of_observable': 'share of the observable ceiling'}
     def name(c):
         suffix = next((s for s in shares if c.endswith(s)), None)
         return f"{RANKING_NAMES.get(c[:-len(suffix)], c[:-len(suffix)])}: {shares[suffix]}" if suffix else RANKING_NAMES.get(c, c)
-    cols = {c: name(c) for c in dict.fromkeys(c for c, _ in summary.columns[1:])}
-    table = pd.DataFrame({name: [show(summary.loc[i, (c, 'mean')], summary.loc[i, (c, 'std')], c.endswith(tuple(shares)))
-                                 for i in summary.index] for c, name in cols.items()}, index=summary.index)
-    table.insert(0, 'runs', summary[('runs', '')])
-    return table
+    rows = {'runs': summary[('runs', '')].astype(str)}
+    for c in dict.fromkeys(c for c, _ in summary.columns[1:]):
+        rows[name(c)] = [show(summary.loc[i, (c, 'mean')], summary.loc[i, (c, 'std')], c.endswith(tuple(shares))) for i in summary.index]
+    return pd.DataFrame(rows, index=summary.index).T
 
 def plot_evaluation(results:pd.DataFrame, # from `walk_forward`
                    ):
