@@ -6,7 +6,6 @@ import inspect
 import json
 import pkgutil
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 

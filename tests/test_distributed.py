@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from k4_nbdev.scoring import load_checkpoint
 from k4_nbdev.train import fit_model, load_training_data, train_cli

@@ -2,7 +2,6 @@
 the causality property, bad input, parallel determinism, the console script, and TA-Lib agreement."""
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
