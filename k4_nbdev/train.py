@@ -9,8 +9,8 @@ __all__ = ['RECIPE', 'RUN_FILES', 'CHUNK_ROWS', 'CACHE_DIR', 'WINDOW_STATS', 'PR
            'fit_calibration', 'param_groups', 'check_settings', 'load_resume', 'epoch_order', 'warmup_cosine', 'train',
            'calibrate', 'processes', 'shard', 'fold_data', 'load_training_data', 'fit_model', 'checkpoint_probs',
            'read_sequence_meta', 'sequence_chunks', 'write_scaled', 'open_scaled', 'scaled_sides', 'window_summaries',
-           'window_feature_names', 'lightgbm_baseline', 'pattern_bars', 'precursor_stats', 'precursor_baseline',
-           'plot_history', 'train_cli']
+           'window_feature_names', 'lightgbm_baseline', 'pattern_bars', 'row_mean', 'row_slope', 'precursor_stats',
+           'precursor_baseline', 'plot_history', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #4e3df7c2
 import gc
@@ -791,17 +791,25 @@ def pattern_bars(mask:np.ndarray, # (N, L), nonzero = real bar
     L = mask.shape[1]
     return (mask != 0) & (np.arange(L)[None, :] >= L - 1 - np.asarray(days_in_pattern)[:, None])
 
-def _mean_where(x:np.ndarray, w:np.ndarray) -> np.ndarray:
-    "Row means of `x` over the positions `w`; NaN for a row without one."
+def row_mean(x:np.ndarray, # values (N, L)
+             w:np.ndarray, # (N, L) bool: the positions averaged
+            ) -> np.ndarray: # (N,) NaN for a row without a position
+    "Row means of `x` over the positions `w`."
     n = w.sum(1)
     return np.where(n > 0, np.where(w, x, 0).sum(1) / np.maximum(n, 1), np.nan)
 
+def row_slope(y:np.ndarray, # values (N, L)
+              x:np.ndarray, # regressor (N, L)
+              w:np.ndarray, # (N, L) bool: the positions each row's line is fitted on
+             ) -> np.ndarray: # (N,) slope of the least-squares line of y on x per row; NaN under 3 positions
+    "Per row, the slope of the least-squares line of `y` on `x` over the positions `w`."
+    dx, dy = np.where(w, x - row_mean(x, w)[:, None], 0), np.where(w, y - row_mean(y, w)[:, None], 0)
+    return np.where(w.sum(1) >= 3, (dx * dy).sum(1) / np.maximum((dx ** 2).sum(1), 1e-12), np.nan)
+
 def _trend(x:np.ndarray, w:np.ndarray) -> np.ndarray:
     "Total change of a least-squares line through `x` over the positions `w` (first to last of them); NaN under 3 positions."
-    n = w.sum(1)
-    u = np.where(w, (np.cumsum(w, 1) - 1) / np.maximum(n - 1, 1)[:, None], 0.0)   # 0 on the first own bar, 1 on the last
-    du, dx = np.where(w, u - _mean_where(u, w)[:, None], 0), np.where(w, x - _mean_where(x, w)[:, None], 0)
-    return np.where(n >= 3, (du * dx).sum(1) / np.maximum((du ** 2).sum(1), 1e-12), np.nan)
+    u = np.where(w, (np.cumsum(w, 1) - 1) / np.maximum(w.sum(1) - 1, 1)[:, None], 0.0)   # 0 on the first own bar, 1 on the last
+    return row_slope(x, u, w)
 
 def precursor_stats(X:np.ndarray, # raw sequences (N, L, 69)
                     mask:np.ndarray, # (N, L), nonzero = real bar
@@ -815,7 +823,7 @@ def precursor_stats(X:np.ndarray, # raw sequences (N, L, 69)
     r = np.zeros_like(close); r[:, 1:] = np.log(np.maximum(close[:, 1:], 1e-12) / np.maximum(close[:, :-1], 1e-12))
     log_v, span = np.log1p(np.maximum(volume, 0)), high - low
     where = np.where(span > 0, (close - low) / np.where(span > 0, span, 1), 0.5) - 0.5
-    stats = [_mean_where(log_v, step & (r > 0)) - _mean_where(log_v, step & (r < 0)), _mean_where(where, own),
+    stats = [row_mean(log_v, step & (r > 0)) - row_mean(log_v, step & (r < 0)), row_mean(where, own),
              _trend(np.log(np.maximum(span, 1e-12) / np.maximum(close, 1e-12)), own), _trend(np.log(np.abs(r) + 1e-4), step)]
     return np.nan_to_num(np.stack(stats, 1), nan=0.0)
 

@@ -5,25 +5,26 @@
 # %% auto #0
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
-           'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'OBSERVABLE',
-           'ORACLE', 'PAIRED_METRICS', 'BASELINES', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS',
-           'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET',
-           'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'MODEL',
-           'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS', 'LIGHTGBM',
-           'EVALUATION_FILES', 'scored_rows', 'check', 'grade', 'date_halves', 'halves_or_unknown',
-           'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
+           'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'MECHANISM',
+           'OBSERVABLE', 'ORACLE', 'PAIRED_METRICS', 'BASELINES', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL',
+           'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM',
+           'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS',
+           'QUALITY_TESTS', 'MODEL', 'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES',
+           'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows', 'check', 'grade', 'date_halves',
+           'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
            'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
            'confusion_matrix', 'calibration_table', 'pr_curve', 'signal_quality', 'performance', 'alert_key',
            'weighted_corr', 'chance_none_alerted', 'ranking_metrics', 'pattern_resamples', 'bootstrap_replicates',
            'percentile_interval', 'bootstrap_metrics', 'with_intervals', 'read_truth', 'quality_ev', 'oracle_model',
-           'observable_ceiling', 'observable_model', 'model_scores', 'quality_table', 'model_comparison',
-           'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
-           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
-           'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
-           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display', 'quality_section',
-           'strong_section', 'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures',
-           'write_report', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
-           'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli']
+           'mechanism_stats', 'precursor_reading', 'posterior_quality', 'observable_ceiling', 'observable_model',
+           'model_scores', 'quality_table', 'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots',
+           'random_picks', 'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest',
+           'strong_signal_check', 'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality',
+           'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
+           'md_table', 'quality_display', 'paired_display', 'quality_section', 'strong_section', 'backtest_section',
+           'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report', 'check_finite',
+           'check_provenance', 'validate', 'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary',
+           'summary_display', 'plot_evaluation', 'evaluate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -39,18 +40,18 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import (TRUTH_COLUMNS, TRUTH_FILE, UsageError, _same_or_inside, atomic_write, check_flag, check_outputs,
-                          command, episode_truth, fingerprint, read_store)
+from .data import (TRUTH_COLUMNS, TRUTH_FILE, MarketParams, UsageError, _same_or_inside, atomic_write, check_flag,
+                          check_outputs, command, episode_truth, fingerprint, read_store)
 from .definitions import AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES, expected_value
 from .loss import LOSSES
 from .model import MODEL_SIZES
 from .patterns import read_metadata
 from .predict import SIGNAL_COLORS, predict
-from .sequences import audit_sequences, bar_features, read_sequences
+from .sequences import FEATURES, audit_sequences, bar_features, read_sequences
 from .scoring import load_checkpoint
 from .train import (PRECURSOR, RECIPE, SplitError, average_precision, check_settings, checkpoint_probs,
                             classification_metrics, fit_model, fold_data, lightgbm_baseline, load_training_data, per_class_table,
-                            precursor_baseline, precursor_stats, rank_order, walk_forward_folds)
+                            pattern_bars, precursor_baseline, rank_order, row_mean, row_slope, walk_forward_folds)
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -492,35 +493,86 @@ def oracle_model(rows:pd.DataFrame, # rows to score: ticker, snapshot_date
     return {'score': np.where(np.isfinite(quality), quality, -np.inf),
             'ev': quality_ev(fit_quality, fit_rows['outcome_class'].to_numpy(dtype=int), quality, bins)}
 
-# %% ../nbs/07_validate.ipynb #d04978e8
+# %% ../nbs/07_validate.ipynb #c0b7643b
+MECHANISM = ['closes near the highs', 'accumulation', 'tightening']   # the readings of `mechanism_stats`, as 00_data plants q
+
+def mechanism_stats(X:np.ndarray, # raw sequences (N, L, 69)
+                    mask:np.ndarray, # (N, L), nonzero = real bar
+                    days_in_pattern:np.ndarray, # bars from each pattern's start to its snapshot (the meta column)
+                    volume_ar:float=MarketParams.volume_ar, # the market's AR(1) coefficient of log volume
+                    dryup_days:int=MarketParams.dryup_days, # the market's dry-up: the first bars of a pattern, before it tightens
+                   ) -> dict: # name -> (reading per row (NaN: too few bars), bars it rests on per row)
+    "The three precursors read the way the market plants them, from each pattern's own bars up to the snapshot."
+    col = lambda f: np.asarray(X[:, :, FEATURES.index(f)], np.float64)
+    close, high, low, volume = col('current_price'), col('current_high'), col('current_low'), col('current_volume')
+    own = pattern_bars(mask, days_in_pattern)
+    lag = lambda a: np.concatenate([np.zeros_like(a[:, :1]), a[:, :-1]], 1)
+    step = own & lag(own)                                    # a return from one own bar to the next
+    pair = step & lag(step)                                  # ... whose previous return is also the pattern's
+    r = np.where(step, np.log(np.maximum(close, 1e-12) / np.maximum(lag(close), 1e-12)), 0)
+    span = np.maximum(high - low, 1e-12)
+    wick = np.log((close - low + 0.05 * span) / (high - close + 0.05 * span))
+    whiten = lambda a: a - volume_ar * lag(a)
+    after = own & (np.cumsum(own, 1) > dryup_days)
+    log_range = np.log(np.maximum(np.log(np.maximum(high, 1e-12) / np.maximum(low, 1e-12)), 1e-9))
+    return {'closes near the highs': (row_mean(wick, own), own.sum(1)),
+            'accumulation': (row_slope(whiten(np.log1p(np.maximum(volume, 0))), whiten(np.sign(r)), pair), pair.sum(1)),
+            'tightening': (row_slope(log_range, np.cumsum(own, 1).astype(float), after), after.sum(1))}
+
+# %% ../nbs/07_validate.ipynb #88376165
 OBSERVABLE = 'Observable ceiling (precursors → q)'
 
-def observable_ceiling(stats:np.ndarray, # `precursor_stats` of the rows to score (N, k)
-                       fit_stats:np.ndarray, # `precursor_stats` of the training-period rows (M, k)
+def precursor_reading(s:np.ndarray, # one reading per fitting row (NaN: undefined)
+                      n:np.ndarray, # bars it rests on per fitting row
+                      q:np.ndarray, # hidden quality of each fitting row's episode (NaN: outside every episode)
+                     ) -> dict: # a, b (s = b + a·q + e), c, k (log Var e = c + k·log n)
+    "How a precursor reads q on the fitting rows: its line to q, and its noise against the bars it rests on."
+    ok = np.isfinite(s) & np.isfinite(q) & (n > 0)
+    if ok.sum() < 10: raise ValueError(f"a precursor reading needs 10 training rows inside an episode with a value, got {int(ok.sum())}")
+    b, a = np.linalg.lstsq(np.c_[np.ones(ok.sum()), q[ok]], s[ok], rcond=None)[0]
+    log_e2 = np.log((s[ok] - b - a * q[ok]) ** 2 + 1e-300)
+    c, k = np.linalg.lstsq(np.c_[np.ones(ok.sum()), np.log(n[ok])], log_e2, rcond=None)[0]
+    return {'a': a, 'b': b, 'c': c + 1.27, 'k': k}   # + 1.27: a squared normal's log is on average 1.27 below its variance's
+
+def posterior_quality(stats:dict, # name -> (reading, bars) per row (from `mechanism_stats`)
+                      readings:dict, # name -> `precursor_reading`
+                      prior:tuple, # (mean, variance) of q on the fitting rows
+                     ) -> np.ndarray: # q̂ per row: the prior mean where no reading is defined
+    "The posterior mean of q given every reading, each weighted by its precision on the row's own bars."
+    precision, pull = np.full(len(next(iter(stats.values()))[0]), 1 / prior[1]), prior[0] / prior[1]
+    for name, (s, n) in stats.items():
+        r, use = readings[name], np.isfinite(s) & (n > 0)
+        var = np.exp(r['c'] + r['k'] * np.log(np.maximum(n, 1)))
+        precision = precision + np.where(use, r['a'] ** 2 / var, 0)
+        pull = pull + np.where(use, r['a'] * (np.nan_to_num(s) - r['b']) / var, 0)
+    return pull / precision
+
+def observable_ceiling(stats:dict, # `mechanism_stats` of the rows to score
+                       fit_stats:dict, # `mechanism_stats` of the training-period rows
                        fit_quality:np.ndarray, # hidden quality of each training row's episode (NaN: outside every episode)
                        fit_y:np.ndarray, # true class of each training row (for the EV map)
                        bins:int=10, # quality bins of the EV map
-                      ) -> dict: # 'score' (q̂ per row), 'ev', 'coef' (intercept first)
-    "Score rows by q̂, the least-squares estimate of the hidden quality from the bar statistics, fitted on training rows."
+                      ) -> dict: # 'score' (q̂ per row), 'ev', 'readings' (a frame: one row per precursor)
+    "Score rows by q̂, fitted on the training rows' q, computed from the bars alone."
     fit_quality = np.asarray(fit_quality, float)
-    inside = np.isfinite(fit_quality)
-    if inside.sum() <= fit_stats.shape[1]:
-        raise ValueError(f"the observable ceiling needs more than {fit_stats.shape[1]} training rows inside an episode, "
-                         f"got {int(inside.sum())}")
-    design = lambda s: np.c_[np.ones(len(s)), s]
-    coef = np.linalg.lstsq(design(fit_stats[inside]), fit_quality[inside], rcond=None)[0]
-    q_hat = design(stats) @ coef
-    return {'score': q_hat, 'ev': quality_ev(design(fit_stats) @ coef, fit_y, q_hat, bins), 'coef': coef}
+    inside = fit_quality[np.isfinite(fit_quality)]
+    if len(inside) < 10: raise ValueError(f"the observable ceiling needs 10 training rows inside an episode, got {len(inside)}")
+    readings = {k: precursor_reading(*fit_stats[k], fit_quality) for k in fit_stats}
+    prior = (inside.mean(), inside.var())
+    q_hat = posterior_quality(stats, readings, prior)
+    return {'score': q_hat, 'ev': quality_ev(posterior_quality(fit_stats, readings, prior), fit_y, q_hat, bins),
+            'readings': pd.DataFrame(readings).T}
 
 def observable_model(data:dict, # from `load_training_data` (in memory)
                      rows:np.ndarray, # indices of the rows to score
                      fit:np.ndarray, # indices of the training-period rows it is fitted on
                      episodes:pd.DataFrame, # the answer key (`read_truth`)
                     ) -> dict: # `observable_ceiling` on those rows, plus 'corr': of q̂ with q where the rows lie in an episode
-    "The observable ceiling of a split: bar statistics from the sequences, q from the answer key for the training rows only."
-    stats = precursor_stats(data['X'], data['mask'], data['meta']['days_in_pattern'].to_numpy())
+    "The observable ceiling of a split: readings from the sequences, q from the answer key for the training rows only."
+    stats = mechanism_stats(data['X'], data['mask'], data['meta']['days_in_pattern'].to_numpy())
+    pick = lambda idx: {k: (s[idx], n[idx]) for k, (s, n) in stats.items()}
     quality = lambda idx: episode_truth(data['meta'].iloc[idx], episodes)['quality'].to_numpy()
-    out = observable_ceiling(stats[rows], stats[fit], quality(fit), data['y'][fit])
+    out = observable_ceiling(pick(rows), pick(fit), quality(fit), data['y'][fit])
     q, inside = quality(rows), np.isfinite(quality(rows))
     out['corr'] = float(np.corrcoef(out['score'][inside], q[inside])[0, 1]) if inside.sum() > 2 else np.nan
     return out
