@@ -10,21 +10,22 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM',
            'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS',
            'QUALITY_TESTS', 'MODEL', 'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES',
-           'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'scored_rows', 'check', 'grade', 'date_halves',
-           'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
-           'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
-           'confusion_matrix', 'calibration_table', 'pr_curve', 'signal_quality', 'performance', 'alert_key',
-           'weighted_corr', 'chance_none_alerted', 'ranking_metrics', 'pattern_resamples', 'bootstrap_replicates',
-           'percentile_interval', 'bootstrap_metrics', 'with_intervals', 'read_truth', 'quality_ev', 'oracle_model',
-           'mechanism_stats', 'precursor_reading', 'posterior_quality', 'observable_ceiling', 'observable_model',
-           'model_scores', 'quality_table', 'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots',
-           'random_picks', 'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest',
-           'strong_signal_check', 'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality',
-           'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
-           'md_table', 'quality_display', 'paired_display', 'quality_section', 'strong_section', 'backtest_section',
-           'render_report', 'jsonable', 'save_figure', 'report_figures', 'write_report', 'check_finite',
-           'check_provenance', 'validate', 'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary',
-           'summary_display', 'plot_evaluation', 'evaluate_cli']
+           'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'STRENGTH_METRICS', 'scored_rows', 'check', 'grade',
+           'date_halves', 'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check',
+           'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
+           'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table', 'pr_curve',
+           'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics',
+           'pattern_resamples', 'bootstrap_replicates', 'percentile_interval', 'bootstrap_metrics', 'with_intervals',
+           'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats', 'precursor_reading', 'posterior_quality',
+           'observable_ceiling', 'observable_model', 'model_scores', 'quality_table', 'model_comparison',
+           'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
+           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
+           'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
+           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display', 'quality_section',
+           'strong_section', 'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures',
+           'write_report', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
+           'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli', 'strength_table',
+           'plot_strength']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -493,7 +494,7 @@ def oracle_model(rows:pd.DataFrame, # rows to score: ticker, snapshot_date
     return {'score': np.where(np.isfinite(quality), quality, -np.inf),
             'ev': quality_ev(fit_quality, fit_rows['outcome_class'].to_numpy(dtype=int), quality, bins)}
 
-# %% ../nbs/07_validate.ipynb #c0b7643b
+# %% ../nbs/07_validate.ipynb #c18df486
 MECHANISM = ['closes near the highs', 'accumulation', 'tightening']   # the readings of `mechanism_stats`, as 00_data plants q
 
 def mechanism_stats(X:np.ndarray, # raw sequences (N, L, 69)
@@ -519,7 +520,7 @@ def mechanism_stats(X:np.ndarray, # raw sequences (N, L, 69)
             'accumulation': (row_slope(whiten(np.log1p(np.maximum(volume, 0))), whiten(np.sign(r)), pair), pair.sum(1)),
             'tightening': (row_slope(log_range, np.cumsum(own, 1).astype(float), after), after.sum(1))}
 
-# %% ../nbs/07_validate.ipynb #88376165
+# %% ../nbs/07_validate.ipynb #1b031927
 OBSERVABLE = 'Observable ceiling (precursors → q)'
 
 def precursor_reading(s:np.ndarray, # one reading per fitting row (NaN: undefined)
@@ -1428,3 +1429,38 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
     with atomic_write(out / EVALUATION_FILES[1]) as tmp: summary.to_csv(tmp)
     save_figure(plot_evaluation(results), out / EVALUATION_FILES[2])
     print(summary_display(summary).to_string())
+
+# %% ../nbs/07_validate.ipynb #52fee8e2
+STRENGTH_METRICS = ['k4_pr_auc', 'k4_recall_top2']
+
+def strength_table(results:pd.DataFrame, # evaluation rows (`walk_forward`) of several markets, with their `strength`
+                  ) -> pd.DataFrame: # index (strength, model); K4 PR-AUC and recall at 2%: mean, std and share of the oracle's; chance
+    "Each model's K4 figures per precursor strength, and their shares of the q-oracle's on the same rows."
+    parts = {}
+    for s, rows in results.groupby('strength'):
+        summary = evaluation_summary(rows)
+        cols = [(c, stat) for m in STRENGTH_METRICS for c in (m, f'{m}_share') for stat in ('mean', 'std')]
+        part = summary[[c for c in cols if c in summary.columns]].copy()
+        part.columns = [f'{c}_{stat}' for c, stat in part.columns]
+        part['chance_k4_pr_auc'] = (rows['n_k4'] / rows['n_val']).mean()   # a random ranking's PR-AUC: the K4 share
+        part['chance_k4_recall_top2'] = 0.02                               # a random 2% of the rows finds 2% of the K4s
+        parts[s] = part
+    return pd.concat(parts, names=['strength', 'model'])
+
+def plot_strength(table:pd.DataFrame, # from `strength_table`
+                 ):
+    "Share of the q-oracle's K4 PR-AUC and recall at 2% against precursor strength, one line per model, chance dashed."
+    models = [m for m in table.index.get_level_values('model').unique() if m != ORACLE]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, STRENGTH_METRICS):
+        for m in models:
+            t = table.xs(m, level='model')
+            ax.errorbar(t.index, t[f'{metric}_share_mean'], yerr=t[f'{metric}_share_std'].fillna(0), marker='o', capsize=3, label=m)
+        oracle = table.xs(ORACLE, level='model')
+        ax.plot(oracle.index, oracle[f'chance_{metric}'] / oracle[f'{metric}_mean'], 'k--', lw=1, label='chance')
+        ax.set_xlabel('precursor strength (×, 1 = the bench)'); ax.set_xticks(oracle.index)
+        ax.set_ylabel(f"{RANKING_NAMES.get(metric, metric)}\nshare of the q-oracle's"); ax.set_ylim(0, None)
+    axes[0].legend(fontsize=8, loc='upper left')
+    fig.suptitle('signal strength against learning: mean ± std over seeds, main split', fontsize=10)
+    fig.tight_layout()
+    return fig
