@@ -19,9 +19,10 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats', 'precursor_reading', 'posterior_quality',
            'observable_ceiling', 'observable_model', 'model_scores', 'quality_table', 'model_comparison',
            'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
-           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'plot_confusion', 'plot_calibration',
-           'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality',
-           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display', 'quality_section',
+           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'model_signals', 'signal_comparison',
+           'signal_comparison_display', 'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality',
+           'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
+           'md_table', 'quality_display', 'paired_display', 'quality_section', 'read_comparison', 'comparison_section',
            'strong_section', 'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures',
            'write_report', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
            'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli', 'strength_table',
@@ -43,7 +44,8 @@ import pandas as pd
 import k4_nbdev
 from .data import (TRUTH_COLUMNS, TRUTH_FILE, MarketParams, UsageError, _same_or_inside, atomic_write, check_flag,
                           check_outputs, command, episode_truth, fingerprint, read_store)
-from .definitions import AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES, expected_value
+from .definitions import (AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES, assign_signals,
+                                  expected_value)
 from .loss import LOSSES
 from .model import MODEL_SIZES
 from .patterns import read_metadata
@@ -494,7 +496,7 @@ def oracle_model(rows:pd.DataFrame, # rows to score: ticker, snapshot_date
     return {'score': np.where(np.isfinite(quality), quality, -np.inf),
             'ev': quality_ev(fit_quality, fit_rows['outcome_class'].to_numpy(dtype=int), quality, bins)}
 
-# %% ../nbs/07_validate.ipynb #c18df486
+# %% ../nbs/07_validate.ipynb #7ad4fcaa
 MECHANISM = ['closes near the highs', 'accumulation', 'tightening']   # the readings of `mechanism_stats`, as 00_data plants q
 
 def mechanism_stats(X:np.ndarray, # raw sequences (N, L, 69)
@@ -520,7 +522,7 @@ def mechanism_stats(X:np.ndarray, # raw sequences (N, L, 69)
             'accumulation': (row_slope(whiten(np.log1p(np.maximum(volume, 0))), whiten(np.sign(r)), pair), pair.sum(1)),
             'tightening': (row_slope(log_range, np.cumsum(own, 1).astype(float), after), after.sum(1))}
 
-# %% ../nbs/07_validate.ipynb #1b031927
+# %% ../nbs/07_validate.ipynb #047de839
 OBSERVABLE = 'Observable ceiling (precursors → q)'
 
 def precursor_reading(s:np.ndarray, # one reading per fitting row (NaN: undefined)
@@ -784,6 +786,53 @@ def strong_signal_check(scored:pd.DataFrame, # scored rows
     table.attrs.update(n_patterns=len(every), n_strong=len(strong))
     return table
 
+# %% ../nbs/07_validate.ipynb #fd65dfe6
+def model_signals(probs:np.ndarray=None, # calibrated class probabilities (N, 6)
+                  ev:np.ndarray=None, # or an expected value per row (a ceiling's EV map), with P(K5) taken as 0
+                 ) -> np.ndarray: # signal per row
+    "A model's signals under the deployed rules, from its probabilities or from an expected value alone."
+    if probs is not None: return assign_signals(expected_value(probs), np.asarray(probs)[:, -1])
+    return assign_signals(ev, np.zeros(len(ev)))
+
+def signal_comparison(rows:pd.DataFrame, # the scored rows: KEY, outcome_class, lower_boundary
+                      signals:dict, # model name -> signal per row (`model_signals`)
+                      frames:dict, # ticker -> OHLCV frame
+                      n_boot:int=1000, # bootstrap replicates over the traded patterns
+                      seed:int=0, # seed of the replicates
+                     ) -> pd.DataFrame: # one row per model: signal shares and K4 rates, trades, hit rate, mean and median return (+ _lo, _hi)
+    "Every model's signals and their trades on the same rows, under the same rules."
+    rng, out = np.random.default_rng(seed), {}
+    for name, signal in signals.items():
+        scored = rows.assign(signal=np.asarray(signal))
+        r = {}
+        for s in ENTRY_SIGNALS + ('MODERATE',):
+            chosen = scored['signal'] == s
+            r[f'{s}_share'], r[f'{s}_k4_rate'] = chosen.mean(), (scored.loc[chosen, 'outcome_class'] == K4).mean() if chosen.any() else np.nan
+        trades = run_trades(first_snapshots(scored, ENTRY_SIGNALS), rows, frames)['return'].to_numpy(float)
+        r['trades'] = len(trades)
+        stats = {'hit_rate': lambda x: (x > 0).mean(axis=-1), 'mean_return': lambda x: x.mean(axis=-1),
+                 'median_return': lambda x: np.median(x, axis=-1)}
+        draws = trades[rng.integers(0, len(trades), (n_boot, len(trades)))] if len(trades) else None
+        for k, f in stats.items():
+            r[k] = float(f(trades)) if len(trades) else np.nan
+            r[f'{k}_lo'], r[f'{k}_hi'] = percentile_interval(f(draws)) if len(trades) else (np.nan, np.nan)
+        out[name] = r
+    return pd.DataFrame(out).T.astype(float).astype({'trades': 'int64'})
+
+def signal_comparison_display(table:pd.DataFrame, # from `signal_comparison`
+                             ) -> pd.DataFrame: # measure (rows) x model (columns), rounded, intervals in brackets
+    "The side-by-side table for reading: one column per model."
+    pct = lambda v: '–' if pd.isna(v) else f'{v:.1%}'
+    rows = {}
+    for s in ENTRY_SIGNALS + ('MODERATE',):
+        rows[f'{s}: share of rows'] = table[f'{s}_share'].map(pct)
+        rows[f'{s}: K4 rate'] = table[f'{s}_k4_rate'].map(pct)
+    rows['trades (first STRONG/GOOD per pattern)'] = table['trades'].astype(str)
+    for k, name in [('hit_rate', 'hit rate'), ('mean_return', 'mean return'), ('median_return', 'median return')]:
+        rows[name] = [f'{pct(v)} [{pct(lo)}, {pct(hi)}]' if pd.notna(v) else '–'
+                      for v, lo, hi in table[[k, f'{k}_lo', f'{k}_hi']].to_numpy()]
+    return pd.DataFrame(rows).T
+
 # %% ../nbs/07_validate.ipynb #c7d0fa2d
 SHORT = [c.split('_')[0] for c in CLASS_NAMES]
 
@@ -1045,6 +1094,35 @@ def quality_section(table:pd.DataFrame, # `model_quality`
            "scored rows by score; a K4 pattern is found when any of its snapshots is alerted.")
     return ['\n## Ceiling and confidence', '', intro, '', how, ''] + md_table(quality_display(table), 'Metric')
 
+def read_comparison(path, # `model_comparison.csv` written by `05_train` (`write_comparison`)
+                    n_scored:int, # rows the report scores: the comparison must score as many
+                   ) -> pd.DataFrame: # the comparison table, one row per model and ceiling
+    "Read 05_train's comparison of every model on the validation rows, refusing one made from other rows."
+    path = Path(path)
+    try: table = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError) as e: raise ValueError(f"comparison {path} is not a readable CSV ({type(e).__name__}: {e})") from None
+    missing = [c for c in ['n', *PAIRED_METRICS] if c not in table.columns]
+    if missing: raise ValueError(f"comparison {path} lacks the columns {missing}: it must be the {COMPARISON_FILE} written by k4-train")
+    counts = set(table['n'].dropna().astype(int))
+    if counts != {n_scored}:
+        raise ValueError(f"comparison {path} scores {sorted(counts)} rows, the report {n_scored:,}: it was made from another split "
+                         f"or other sequences; pass the comparison of this run, or --scope validation")
+    return table
+
+def comparison_section(table:pd.DataFrame, # from `read_comparison`
+                      ) -> list: # markdown lines
+    "The report's section 'Every model on the same rows', with the paired differences where the baselines are there."
+    lines = ['\n## Every model on the same rows', '',
+             f"From the train stage's comparison ({COMPARISON_FILE}): every model fitted on the training period, chosen and "
+             "calibrated on its selection slice, scored on these validation rows; the ceilings, where the run has an answer key, "
+             "fitted on the training rows. Shares: of the observable ceiling (what the bars allow), the observable ceiling's of the "
+             "q-oracle.", ''] + md_table(quality_display(table), 'Metric')
+    paired = paired_display(table)
+    if len(paired.columns):
+        lines += ['', "Paired differences (each model minus the simple baseline and minus the reachable ceiling, on the same "
+                  "resampled patterns; an interval that excludes 0 is a real difference):", ''] + md_table(paired, 'Metric')
+    return lines
+
 def strong_section(table:pd.DataFrame, # `strong_signal_check`
                   ) -> list: # markdown lines
     "The report's subsection on STRONG signals against the reference's targets."
@@ -1092,6 +1170,7 @@ def render_report(results:dict, # from `run_checks` (+ optional 'inputs')
     out += ['\n### Signal Quality', ''] + md_table(results['signal_quality'], 'Signal') + strong_section(results['strong_signals'])
     if figures: out += ['\n### Figures'] + [f"\n![{FIGURES[k]}]({p})" for k, p in figures.items() if k != 'backtest']
     out += [sep] + quality_section(results['quality'])
+    if results.get('comparison') is not None: out += [sep] + comparison_section(results['comparison'])
     out += [sep] + backtest_section(results['backtest'], (figures or {}).get('backtest'))
     v = results['verdict']
     out += [sep, '\n## Final Verdict', ''] + [f"- {line}" for line in v['lines']] + [sep]
@@ -1191,6 +1270,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
              truth=None, # the synthetic market's answer key (`episodes.parquet`), for the oracle's ceiling; None: no ceiling
              n_boot:int=1000, # pattern-bootstrap replicates of the confidence intervals
              provenance:bool=True, # check that the predictions were made from `sequences` and `model` (`check_provenance`)
+             comparison=None, # `model_comparison.csv` of the train stage: every model on the same rows; None: the model alone
             ) -> dict: # `run_checks` results plus the paths written
     "The stage: test, measure and report a predictions file."
     predictions = Path(predictions)
@@ -1206,11 +1286,13 @@ def validate(predictions, # predictions parquet (`06_predict`)
     episodes = read_truth(truth) if truth is not None else None
     split = load_checkpoint(model).get('split') if model is not None else recorded.get('split')
     results = run_checks(preds, split, sequences, ohlcv, scope, n_audit, seed, bar_fn, episodes, n_boot)
+    results['comparison'] = read_comparison(comparison, len(results['scored'])) if comparison is not None else None
     results['inputs'] = {'Predictions': f"{predictions} ({len(preds):,} rows)",
                          'Model': str(model or recorded.get('model', 'unknown')),
                          'Provenance': checked,
                          'Split date': (split or {}).get('split_date', 'unknown'),
-                         'Answer key': f"{truth} ({len(episodes):,} episodes)" if truth is not None else 'none (no ceiling)'}
+                         'Answer key': f"{truth} ({len(episodes):,} episodes)" if truth is not None else 'none (no ceiling)',
+                         'Comparison': f"{comparison} ({len(results['comparison'])} rows)" if comparison is not None else 'none'}
     return {**results, **write_report(results, output, metrics)}
 
 
@@ -1229,6 +1311,7 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
                  metrics:str=None, # metrics JSON to write (default: metrics.json next to the report)
                  strict:bool=False, # exit with status 1 when a test fails
                  no_provenance_check:bool=False, # validate predictions that record no provenance, or not the files given; the report says so
+                 comparison:str=None, # model_comparison.csv written by k4-train: every model and ceiling on the same rows, added to the report
                 ):
     "Temporal-integrity tests, metrics and figures of a predictions file."
     check_flag(n_audit >= 0, '--n-audit', n_audit, 'at least 0')
@@ -1237,9 +1320,10 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
     report = Path(output)
     check_outputs({'--output': output, '--metrics': metrics or report.parent / 'metrics.json',
                    '--output (figures)': report.parent / f'{report.stem}_figures'},
-                  {'--predictions': predictions, '--sequences': sequences, '--ohlcv': ohlcv, '--model': model, '--truth': truth})
+                  {'--predictions': predictions, '--sequences': sequences, '--ohlcv': ohlcv, '--model': model, '--truth': truth,
+                   '--comparison': comparison})
     res = validate(predictions, output, sequences, ohlcv, model, scope, n_audit, seed, metrics, truth=truth, n_boot=n_boot,
-                   provenance=not no_provenance_check)
+                   provenance=not no_provenance_check, comparison=comparison)
     for c in res['checks']: print(f"Test {c['test']}: {c['name']}: {c['status']}")
     print('\n'.join(res['verdict']['lines']))
     print(f"report: {res['report']}; metrics: {res['metrics']}")
@@ -1430,7 +1514,7 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
     save_figure(plot_evaluation(results), out / EVALUATION_FILES[2])
     print(summary_display(summary).to_string())
 
-# %% ../nbs/07_validate.ipynb #52fee8e2
+# %% ../nbs/07_validate.ipynb #dadb5ccb
 STRENGTH_METRICS = ['k4_pr_auc', 'k4_recall_top2']
 
 def strength_table(results:pd.DataFrame, # evaluation rows (`walk_forward`) of several markets, with their `strength`

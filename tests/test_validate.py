@@ -19,7 +19,7 @@ from k4_nbdev.predict import predict
 from k4_nbdev.patterns import market_snapshots
 from k4_nbdev.sequences import bar_features, build_sequences, market_sequences, read_sequences, ticker_sequences
 from k4_nbdev.train import PRECURSOR, classification_metrics, load_training_data, precursor_baseline, precursor_stats
-from k4_nbdev.validate import (ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
+from k4_nbdev.validate import (COMPARISON_FILE, ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
                                backtest, bootstrap_metrics, calibration_table, class_drift_check, confusion_matrix,
                                equity_curve, ev_correlation_check, first_snapshots, future_contamination_check,
                                k4_recall_consistency_check, max_drawdown, model_scores, observable_model, oracle_model,
@@ -727,3 +727,19 @@ def test_precursor_baseline_needs_no_answer_key(small_market, tmp_path):
     assert res['probs'].shape == (len(data['val']), 6) and np.allclose(res['probs'].sum(1), 1, atol=1e-5)
     assert list(res['coef'].index) == ['volume_imbalance', 'close_location', 'range_trend', 'swing_trend']
     assert np.array_equal(precursor_baseline(data)['probs'], res['probs'])          # no seed: the same fit every time
+
+
+def test_the_report_puts_every_model_of_the_train_stage_beside_the_checks(tiny_run, tmp_path):
+    "The pipeline's report and metrics.json carry 05_train's comparison; a comparison of other rows is refused."
+    run = Path(tiny_run['run_dir'])
+    table = pd.read_csv(run / COMPARISON_FILE, index_col=0)
+    assert {PRECURSOR, OBSERVABLE, ORACLE} <= set(table.index)
+    text = (run / 'validation_report.md').read_text()
+    section = text.split('## Every model on the same rows')[1].split('## Signal Backtest')[0]
+    assert all(name in section.splitlines()[4] for name in table.index)          # the table's header: one column per model
+    assert 'Paired differences' in section and '− precursor baseline' in section
+    assert json.loads((run / 'metrics.json').read_text())['comparison']['index'] == list(table.index)
+    table.assign(n=table['n'] + 1).to_csv(tmp_path / 'other.csv')
+    line = refused(['--predictions', run / 'predictions.parquet', '--output', tmp_path / 'r.md', '--comparison', tmp_path / 'other.csv',
+                    '--no-provenance-check', '--n-audit', '0'], {'--comparison': tmp_path / 'other.csv'})
+    assert 'made from another split' in line and str(tmp_path / 'other.csv') in line and not (tmp_path / 'r.md').exists()
