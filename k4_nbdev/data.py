@@ -8,9 +8,9 @@ __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'S
            'OHLCVError', 'validate_ohlcv', 'parse_dates', 'normalise_ohlcv', 'atomic_write', 'fingerprint',
            'write_store', 'list_tickers', 'read_store', 'StoreFrames', 'MarketParams', 'scaled_precursors',
            'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts', 'UsageError',
-           'check_flag', 'check_outputs', 'os_error_line', 'command', 'check_scheduler', 'job_map', 'load_source',
-           'write_synthetic_store', 'build_store', 'plot_ticker', 'plot_episodes', 'synthetic_market_cli',
-           'real_samples_cli', 'check_ohlcv_cli']
+           'check_flag', 'check_outputs', 'os_error_line', 'command', 'progress_bar', 'check_scheduler', 'job_map',
+           'load_source', 'write_synthetic_store', 'build_store', 'plot_ticker', 'plot_episodes',
+           'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
@@ -34,6 +34,7 @@ from typing import Literal, get_args, get_origin
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastcore.docments import docments
@@ -666,6 +667,13 @@ def command(prog:str, # the console script's name, e.g. 'k4-patterns'
         main.__wrapped__ = func
         return main
     return decorate
+
+def progress_bar(*args, # passed to tqdm (an iterable, or nothing with total=)
+                 show:bool=True, # the caller's switch (e.g. its `progress` argument)
+                 **kwargs, # passed to tqdm: total, desc, unit, leave
+                ) -> tqdm:
+    "A progress bar on a terminal only: in a notebook, a papermill run or a log file it is silent (no widget warning, no carriage-return lines)."
+    return tqdm(*args, disable=not (show and sys.stderr.isatty()), **kwargs)
 
 # %% ../nbs/00_data.ipynb #1f3f023f
 SCHEDULERS = ('processes', 'dask')                 # or the address of a running Dask scheduler, tcp://host:port

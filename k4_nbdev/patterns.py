@@ -29,11 +29,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
-from tqdm.auto import tqdm
 
 import k4_nbdev
 from .definitions import CLASS_NAMES, K4, K5
-from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, check_scheduler,
+from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, check_scheduler, progress_bar,
                            command, episode_truth, fingerprint, job_map, list_tickers, load_source, read_store,
                            validate_ohlcv, StoreFrames)
 
@@ -343,7 +342,7 @@ def market_snapshots(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (e
     if not frames: raise ValueError("no tickers to process")
     tickers = sorted(frames)
     only = frames.only if isinstance(frames, StoreFrames) else lambda ts: {t: frames[t] for t in ts}   # a job carries its tickers only
-    with tqdm(total=len(tickers), desc='patterns', unit='ticker', disable=not progress) as bar, job_map(scheduler, workers) as run:
+    with progress_bar(total=len(tickers), desc='patterns', unit='ticker', show=progress) as bar, job_map(scheduler, workers) as run:
         if scheduler == 'processes':
             jobs = [(only([t]), t, qualifying_days, snapshot_every) for t in tickers]
             parts = ([r] for r in run(_ticker_job, jobs, chunksize=max(1, len(jobs) // (8 * max(workers, 1)))))

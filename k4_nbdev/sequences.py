@@ -29,10 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
-from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import (OHLCVError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, job_map,
+from .data import (OHLCVError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, job_map, progress_bar,
                            read_store, StoreFrames)
 from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range, with_provenance,
                                indicators, read_metadata, rolling_mean, rolling_std, safe_ratio, valid_channel)
@@ -361,7 +360,7 @@ def iter_sequences(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (eac
     ordered = snapshots.sort_values(['ticker', 'snapshot_date', 'pattern_id'], kind='stable')
     only = frames.only if isinstance(frames, StoreFrames) else lambda ts: {t: frames[t] for t in ts}   # a job carries its ticker only
     groups = [(only([t]), t, g, sequence_length, bar_fn) for t, g in ordered.groupby('ticker', sort=False)]
-    with tqdm(total=len(snapshots), desc='sequences', unit='seq', disable=not progress) as bar:
+    with progress_bar(total=len(snapshots), desc='sequences', unit='seq', show=progress) as bar:
         with job_map('processes', workers) as run:
             for s in range(0, len(groups), wave):
                 for out in run(_ticker_job, groups[s:s + wave]):
@@ -585,7 +584,7 @@ def iter_sequence_parts(ohlcv_store, # OHLCV store (a path every worker can read
     cuts = np.array_split(tickers, min(len(tickers), chunks or 4 * workers))   # contiguous: parts in order = tickers in order
     jobs = [(str(ohlcv_store), ordered[ordered['ticker'].isin(c)], sequence_length, str(Path(parts_dir) / f'part-{i:05d}.parquet'))
             for i, c in enumerate(cuts)]
-    with tqdm(total=len(ordered), desc='sequences', unit='seq', disable=not progress) as bar, job_map(scheduler, workers) as run:
+    with progress_bar(total=len(ordered), desc='sequences', unit='seq', show=progress) as bar, job_map(scheduler, workers) as run:
         for path, n in run(_part_job, jobs):
             part = pq.ParquetFile(path)
             for g in range(part.num_row_groups): yield table_sequences(part.read_row_group(g))

@@ -36,10 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 import k4_nbdev
-from .data import UsageError, _same_or_inside, atomic_write, check_flag, check_outputs, command, fingerprint
+from .data import UsageError, _same_or_inside, atomic_write, check_flag, check_outputs, command, fingerprint, progress_bar
 from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES, STRONG_CLASSES, VALUES, expected_value
 from .loss import LOSSES, CLASS_WEIGHTS, make_loss
 from .model import BACKENDS, MODEL_SIZES, create_mamba_attention_model, resolve_backend
@@ -357,7 +356,7 @@ def _fit_epoch(model, criterion, opt, sched, tensors:tuple, order:torch.Tensor, 
     Xt, mt, yt = tensors
     model.train()
     seen, total, logits_all, rows = 0, 0.0, [], []
-    for i in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show, leave=False):
+    for i in progress_bar(range(0, len(order), batch_size), desc=desc, show=show, leave=False):
         idx, (lo, hi), scale = shard(order[i:i + batch_size], rank, world)
         x, m, y = Xt[idx].to(device), mt[idx].to(device), yt[idx].to(device)
         logits = model(x, m)

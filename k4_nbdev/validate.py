@@ -6,22 +6,23 @@
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
            'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'MECHANISM',
-           'OBSERVABLE', 'ORACLE', 'PAIRED_METRICS', 'BASELINES', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL',
-           'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM',
-           'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'LEAKAGE_TESTS',
-           'QUALITY_TESTS', 'MODEL', 'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES',
-           'EVALUATION_METRICS', 'LIGHTGBM', 'EVALUATION_FILES', 'STRENGTH_METRICS', 'scored_rows', 'check', 'grade',
-           'date_halves', 'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check',
-           'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
-           'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table', 'pr_curve',
-           'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted', 'ranking_metrics',
-           'pattern_resamples', 'bootstrap_replicates', 'percentile_interval', 'bootstrap_metrics', 'with_intervals',
-           'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats', 'precursor_reading', 'posterior_quality',
-           'observable_ceiling', 'observable_model', 'model_scores', 'quality_table', 'model_comparison',
-           'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades', 'equity_curve',
-           'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'model_signals', 'signal_comparison',
-           'signal_comparison_display', 'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality',
-           'plot_ev_vs_realised', 'plot_quality', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
+           'OBSERVABLE', 'MODEL', 'ORACLE', 'LIGHTGBM', 'PAIRED_METRICS', 'BASELINES', 'SHORT_NAMES', 'COMPARISON_FILE',
+           'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES',
+           'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT',
+           'QUALITY_PLOT', 'HEADLINE_METRICS', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'REFERENCE_TARGETS', 'STATUS_MARK',
+           'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS', 'EVALUATION_FILES', 'STRENGTH_METRICS',
+           'scored_rows', 'check', 'grade', 'date_halves', 'halves_or_unknown', 'temporal_sequence_check',
+           'future_contamination_check', 'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares',
+           'class_drift_check', 'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table',
+           'pr_curve', 'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted',
+           'ranking_metrics', 'pattern_resamples', 'bootstrap_replicates', 'percentile_interval', 'bootstrap_metrics',
+           'with_intervals', 'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats', 'precursor_reading',
+           'posterior_quality', 'observable_ceiling', 'observable_model', 'model_scores', 'short_name', 'quality_table',
+           'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades',
+           'equity_curve', 'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'model_signals',
+           'signal_comparison', 'signal_comparison_display', 'plot_confusion', 'plot_calibration', 'plot_k4_pr',
+           'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'headline_rows', 'headline_sentence',
+           'headline_display', 'plot_headline', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
            'md_table', 'quality_display', 'paired_display', 'quality_section', 'read_comparison', 'comparison_section',
            'strong_section', 'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures',
            'write_report', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
@@ -581,7 +582,9 @@ def observable_model(data:dict, # from `load_training_data` (in memory)
     return out
 
 # %% ../nbs/07_validate.ipynb #b133891d
+MODEL = 'MambaAttention'   # the deployed network: its rows are named after it
 ORACLE = 'Oracle (hidden quality)'
+LIGHTGBM = 'LightGBM (window summaries)'   # the window-summary baseline of `05_train`
 
 def model_scores(probs:np.ndarray, # class probabilities (N, 6)
                 ) -> dict: # 'score' P(K4), 'ev' expected value, 'pred' argmax class, per row
@@ -591,6 +594,12 @@ def model_scores(probs:np.ndarray, # class probabilities (N, 6)
 
 PAIRED_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'k4_recall_top5', 'pattern_k4_recall_top2']   # differenced in pairs
 BASELINES = {PRECURSOR: 'precursor', OBSERVABLE: 'observable'}   # every model is differenced against these rows: column tags
+SHORT_NAMES = {ORACLE: 'q-oracle (outer bound)', OBSERVABLE: 'observable ceiling', PRECURSOR: 'precursor baseline',
+               LIGHTGBM: 'LightGBM'}
+
+def short_name(name:str) -> str:
+    "A row's name as narrow tables show it: the ceilings and baselines by role, a model by its name without the loss."
+    return SHORT_NAMES.get(name, name.split(' (')[0])
 
 def quality_table(y:np.ndarray, # true class per row
                   pattern:np.ndarray, # pattern id per row
@@ -937,6 +946,58 @@ def plot_quality(table:pd.DataFrame, # from `quality_table`
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_validate.ipynb #0db9f7b5
+HEADLINE_METRICS = ['k4_pr_auc', 'k4_recall_top2']
+
+def headline_rows(table:pd.DataFrame, # from `model_comparison` (or read back from its CSV)
+                 ) -> list: # row names: the ceilings first, then the deployed model, the precursor baseline, the others
+    "The comparison's rows in reading order."
+    first = [n for n in (ORACLE, OBSERVABLE) if n in table.index]
+    model = [n for n in table.index if n.startswith(MODEL) and ',' not in n][:1]
+    rest = [n for n in table.index if n not in first + model]
+    return first + model + sorted(rest, key=lambda n: n != PRECURSOR)   # the baseline to beat right under the model
+
+def headline_sentence(table:pd.DataFrame, # from `model_comparison`
+                     ) -> str: # one sentence of markdown
+    "What the comparison says, in one sentence: the model's K4 PR-AUC with its interval, as shares of both ceilings, beside the simple baseline."
+    model = headline_rows(table)[len([n for n in (ORACLE, OBSERVABLE) if n in table.index])]
+    r = table.loc[model]
+    text = f"On the validation period ({int(r['n']):,} rows, {int(r['n_k4']):,} of them K4), {short_name(model)} ranks K4 with a PR-AUC of **{r['k4_pr_auc']:.3f}** [{r['k4_pr_auc_lo']:.3f}, {r['k4_pr_auc_hi']:.3f}]"
+    if OBSERVABLE in table.index:
+        text += (f": {r['k4_pr_auc'] / table.loc[OBSERVABLE, 'k4_pr_auc']:.0%} of the observable ceiling ({table.loc[OBSERVABLE, 'k4_pr_auc']:.3f}, "
+                 f"what the bars allow) and {r['k4_pr_auc'] / table.loc[ORACLE, 'k4_pr_auc']:.0%} of the q-oracle ({table.loc[ORACLE, 'k4_pr_auc']:.3f})")
+    if PRECURSOR in table.index:
+        text += f"; the simple precursor baseline reaches {table.loc[PRECURSOR, 'k4_pr_auc']:.3f} [{table.loc[PRECURSOR, 'k4_pr_auc_lo']:.3f}, {table.loc[PRECURSOR, 'k4_pr_auc_hi']:.3f}]"
+    return text + '.'
+
+def headline_display(table:pd.DataFrame, # from `model_comparison`
+                    ) -> pd.DataFrame: # one row per model, five narrow columns
+    "The compact table: K4 PR-AUC with its interval and its share of the observable ceiling, K4 recall and K4 patterns found at 2%."
+    rows = headline_rows(table)
+    reach = table.loc[OBSERVABLE, 'k4_pr_auc'] if OBSERVABLE in table.index else np.nan
+    iv = lambda r, m: f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
+    return pd.DataFrame({'K4 PR-AUC [95%]': [iv(table.loc[n], 'k4_pr_auc') for n in rows],
+                         'of observable': [f"{table.loc[n, 'k4_pr_auc'] / reach:.0%}" if np.isfinite(reach) else '–' for n in rows],
+                         'K4 recall, top 2%': [iv(table.loc[n], 'k4_recall_top2') for n in rows],
+                         'K4 patterns, top 2%': [f"{table.loc[n, 'pattern_k4_recall_top2']:.3f}" for n in rows]},
+                        index=pd.Index([short_name(n) for n in rows], name='model'))
+
+def plot_headline(table:pd.DataFrame, # from `model_comparison`
+                 ):
+    "The models beside the ceilings: K4 PR-AUC and K4 recall at 2% as bars with their 95% intervals, drawn 640 px wide."
+    rows = headline_rows(table)[::-1]
+    colors = ['0.55' if n in (ORACLE, OBSERVABLE) else 'tab:blue' if n.startswith(MODEL) else 'tab:orange' for n in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 0.42 * len(rows) + 1.3), sharey=True, dpi=100)
+    for ax, m in zip(axes, HEADLINE_METRICS):
+        v, lo, hi = (table.loc[rows, f'{m}{s}'].to_numpy(float) for s in ('', '_lo', '_hi'))
+        ax.barh(range(len(rows)), v, color=colors, xerr=np.nan_to_num([v - lo, hi - v]), capsize=2, error_kw={'lw': 0.8})
+        for y, (x, top) in enumerate(zip(v, hi)): ax.text(np.nanmax([top, x]) + 0.01, y, f'{x:.2f}', va='center', fontsize=8)
+        ax.set_xlim(0, 1.05); ax.set_title(RANKING_NAMES.get(m, m).replace(' alerted', ''), fontsize=10)
+        ax.tick_params(labelsize=9); ax.grid(axis='x', color='0.9'); ax.set_axisbelow(True)
+    axes[0].set_yticks(range(len(rows)), [short_name(n) for n in rows])
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/07_validate.ipynb #9e7036c3
 def plot_backtest(bt:dict, # from `backtest` (not skipped)
                  ):
@@ -958,8 +1019,6 @@ def plot_backtest(bt:dict, # from `backtest` (not skipped)
 
 # %% ../nbs/07_validate.ipynb #71ec7599
 LEAKAGE_TESTS, QUALITY_TESTS = (1, 2, 6, 7), (3, 4, 5)
-
-MODEL = 'MambaAttention'
 
 def model_quality(preds:pd.DataFrame, # all predictions
                   scored:pd.DataFrame, # the scored rows
@@ -1071,7 +1130,7 @@ def paired_display(table:pd.DataFrame, # from `quality_table` with BASELINES row
     for name, r in table.iterrows():
         for ref, tag in BASELINES.items():
             if f'{PAIRED_METRICS[0]}_vs_{tag}' in r and np.isfinite(float(r[f'{PAIRED_METRICS[0]}_vs_{tag}'])):
-                cols[f'{name} − {ref.split(" (")[0].lower()}'] = [
+                cols[f'{short_name(name)} − {short_name(ref)}'] = [
                     f"{float(r[f'{m}_vs_{tag}']):+.3f} [{float(r[f'{m}_vs_{tag}_lo']):+.3f}, {float(r[f'{m}_vs_{tag}_hi']):+.3f}]"
                     for m in PAIRED_METRICS]
     return pd.DataFrame(cols, index=[RANKING_NAMES.get(m, m) for m in PAIRED_METRICS])
@@ -1332,7 +1391,6 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
 
 # %% ../nbs/07_validate.ipynb #a7498dcc
 EVALUATION_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'pattern_k4_recall_top2', 'ev_corr']
-LIGHTGBM = 'LightGBM (window summaries)'
 
 def evaluation_variants(losses:list=('asymmetric', 'cross_entropy', 'focal'), # one MambaAttention per loss
                         k4_weights:list=(), # extra asymmetric runs with these K4 weights (the sweep)
