@@ -977,7 +977,7 @@ def headline_display(table:pd.DataFrame, # from `model_comparison`
     reach = table.loc[OBSERVABLE, 'k4_pr_auc'] if OBSERVABLE in table.index else np.nan
     iv = lambda r, m: f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
     return pd.DataFrame({'K4 PR-AUC [95%]': [iv(table.loc[n], 'k4_pr_auc') for n in rows],
-                         'of observable': [f"{table.loc[n, 'k4_pr_auc'] / reach:.0%}" if np.isfinite(reach) else '–' for n in rows],
+                         'of observable': [f"{table.loc[n, 'k4_pr_auc'] / reach:.0%}" if np.isfinite(reach) and n != ORACLE else '–' for n in rows],
                          'K4 recall, top 2%': [iv(table.loc[n], 'k4_recall_top2') for n in rows],
                          'K4 patterns, top 2%': [f"{table.loc[n, 'pattern_k4_recall_top2']:.3f}" for n in rows]},
                         index=pd.Index([short_name(n) for n in rows], name='model'))
