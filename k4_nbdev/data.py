@@ -792,7 +792,7 @@ def plot_ticker(frame:pd.DataFrame, # one ticker's OHLCV
                 title:str='', # figure title
                ):
     "Close price (log scale) and volume, with planted consolidations shaded."
-    fig, (ax, axv) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, height_ratios=[3, 1])
+    fig, (ax, axv) = plt.subplots(2, 1, figsize=(7.5, 4.2), sharex=True, height_ratios=[3, 1])
     ax.plot(frame['date'], frame['close'], lw=0.8, color='k')
     ax.set_yscale('log'); ax.set_ylabel('close (log scale)'); ax.set_title(title)
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter): axis(plt.FuncFormatter(lambda v, _: f'{v:g}'))
@@ -811,7 +811,7 @@ def plot_episodes(frames:dict, # ticker -> OHLCV frame
                   settle_days:int=MarketParams.settle_days, # shade this many bars before the consolidation
                  ):
     "Bars, closes and up/down volume of planted episodes side by side, on a trading-day axis, with their phases shaded."
-    fig, axes = plt.subplots(2, len(episodes), figsize=(5.5 * len(episodes), 5), height_ratios=[3, 1], squeeze=False)
+    fig, axes = plt.subplots(2, len(episodes), figsize=(min(7.5, 3.8 * len(episodes)), 4.4), height_ratios=[3, 1], squeeze=False)
     for j, e in enumerate(episodes.itertuples()):
         f = frames[e.ticker].reset_index(drop=True)
         start, end, move_end = (int(f['date'].searchsorted(d)) for d in (e.start_date, e.end_date, e.move_end_date))

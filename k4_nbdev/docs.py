@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['CHROMIUM_ARGS', 'RESULT_TABLE', 'RESULT_FIGURE', 'RESULT_MIN_K4', 'project_root', 'stage_sources',
-           'hide_injected_parameters', 'check_site_folder', 'build_docs', 'check_site', 'chromium_path', 'serve',
-           'browse_site', 'latest_result', 'result_markdown', 'render_readme', 'write_readme', 'docs_cli']
+           'without_local_paths', 'parameter_table', 'page_for_site', 'check_site_folder', 'build_docs', 'page_noise',
+           'check_site', 'chromium_path', 'serve', 'browse_site', 'latest_result', 'result_markdown', 'render_readme',
+           'write_readme', 'docs_cli']
 
 # %% ../nbs/09_docs.ipynb #336aa1cd
 import html
@@ -54,17 +55,51 @@ def stage_sources(dest:Path, # empty staging folder
         run_nbs = Path(run_dir) / 'notebooks'
         if not run_nbs.is_dir(): raise FileNotFoundError(f"{run_dir} is not a pipeline run: it has no notebooks/ folder")
         for f in sorted(run_nbs.glob('*.ipynb')):
-            (dest / f.name).write_text(json.dumps(hide_injected_parameters(json.loads(f.read_text()))))
+            (dest / f.name).write_text(json.dumps(page_for_site(json.loads(f.read_text()), root)))
             executed.append(f.stem)
     return executed
 
-def hide_injected_parameters(nb:dict, # an executed notebook (JSON)
-                            ) -> dict: # the same notebook
-    "Hide papermill's injected-parameters cell where the notebook hides its own parameters cell (the home page)."
+_TEMP = re.compile(r'/tmp/(?:pytest-of-[\w-]+/pytest-\d+/[\w.-]+|tmp[\w]+)')   # temporary folders of tests and lessons
+_ASSIGN = re.compile(r"^(\w+)\s*=\s*(.+?)(?:\s+#\s*(.*))?$")
+
+def without_local_paths(text:str, # an output's text
+                        root:Path, # the project folder
+                       ) -> str: # the text with the project's folder made relative and temporary folders named <tmp>
+    "Outputs say where things are relative to the project, never on the machine that ran them."
+    return _TEMP.sub('<tmp>', text.replace(f'{root}/', '').replace(str(root), '.'))
+
+def parameter_table(defaults:str, # source of the notebook's parameters cell
+                    injected:str, # source of papermill's injected-parameters cell
+                   ) -> str: # markdown: one row per parameter (this run's value, the default, what it is)
+    "The run's parameters beside the notebook's defaults, as one small table instead of two code cells."
+    rows = {}
+    for line in defaults.splitlines():
+        if m := _ASSIGN.match(line): rows[m[1]] = [m[2], m[2], m[3] or '']
+    for line in injected.splitlines():
+        if m := _ASSIGN.match(line): rows.setdefault(m[1], ['', '', ''])[0] = m[2]
+    cell = lambda v: v.replace('|', '\\|')
+    return '\n'.join(['**Parameters of this run** (set by the pipeline through papermill; the notebook\'s defaults beside them):', '',
+                      '| parameter | this run | default | what it is |', '|---|---|---|---|']
+                     + [f"| `{k}` | `{cell(run)}` | `{cell(d)}` | {cell(what)} |" for k, (run, d, what) in rows.items()])
+
+def page_for_site(nb:dict, # an executed notebook (JSON)
+                  root:Path, # the project folder
+                 ) -> dict: # the same notebook, ready to render
+    "An executed notebook as its page shows it: the parameters as one table (hidden where the notebook hides its own), no local paths in outputs."
     tags = lambda c: c.get('metadata', {}).get('tags', [])
-    hidden = any('parameters' in tags(c) and ''.join(c['source']).startswith('#| hide') for c in nb['cells'])
+    own = next((c for c in nb['cells'] if 'parameters' in tags(c)), None)
+    injected = next((c for c in nb['cells'] if 'injected-parameters' in tags(c)), None)
+    if own is not None and injected is not None:
+        text = without_local_paths(''.join(injected['source']), root)
+        if ''.join(own['source']).startswith('#| hide'): injected['source'] = '#| hide\n' + text
+        else:
+            nb['cells'][nb['cells'].index(own)] = {'cell_type': 'markdown', 'metadata': {}, 'source': parameter_table(''.join(own['source']), text)}
+            nb['cells'].remove(injected)
     for c in nb['cells']:
-        if hidden and 'injected-parameters' in tags(c): c['source'] = '#| hide\n' + ''.join(c['source'])
+        for o in c.get('outputs', []):
+            if 'text' in o: o['text'] = without_local_paths(''.join(o['text']), root)
+            for kind in ('text/plain', 'text/html', 'text/markdown'):
+                if kind in o.get('data', {}): o['data'][kind] = without_local_paths(''.join(o['data'][kind]), root)
     return nb
 
 # %% ../nbs/09_docs.ipynb #9fe34222
@@ -140,11 +175,20 @@ def _broken_links(site:Path, page:Path) -> list:
         if not (page.parent / html.unescape(target)).exists(): out.append(target)
     return out
 
+_NOISE = re.compile(r'IProgress not found|TqdmWarning|DeprecationWarning|FutureWarning|k4-[\w-]+: error:|/tmp/tmp\w+|/tmp/pytest-of-')
+
+def page_noise(text:str, # a page's HTML
+               root:Path, # the project folder
+              ) -> list: # what a reader should not see: warnings, usage errors, local paths (each kind once)
+    "Text in a page that belongs in a log, not in the documentation."
+    found = {m.group(0) for m in _NOISE.finditer(text)} | ({str(root)} if str(root) in text else set())
+    return sorted(found)
+
 def check_site(site, # built site folder
                notebooks, # folder of the notebooks that were rendered (a run's notebooks/ or nbs/)
                names:list=None, # notebook stems to check (default: index and every numbered notebook)
               ) -> pd.DataFrame: # one row per page: figures and tables expected and found, broken links, ok
-    "Check that each page exists and holds its notebook's figures and tables, and that local links resolve."
+    "Check that each page exists and holds its notebook's figures and tables, that local links resolve, and that it carries no log noise."
     site, notebooks = Path(site), Path(notebooks)
     src = project_root() / 'nbs'
     names = names or ['index'] + sorted(p.stem for p in src.glob('[0-9]*.ipynb'))
@@ -156,10 +200,11 @@ def check_site(site, # built site folder
         text = page.read_text() if page.exists() else ''
         rows.append(dict(page=page.name, exists=page.exists(), figures=max(want_img, int(draws)), figures_on_page=text.count('<img'),
                          tables=want_tab, tables_on_page=text.count('<table'),
-                         broken_links=', '.join(_broken_links(site, page)) if page.exists() else ''))
+                         broken_links=', '.join(_broken_links(site, page)) if page.exists() else '',
+                         noise=', '.join(page_noise(text, project_root()))))
     df = pd.DataFrame(rows)
     df['ok'] = (df['exists'] & (df['figures_on_page'] >= df['figures']) & (df['tables_on_page'] >= df['tables'])
-                & (df['broken_links'] == ''))
+                & (df['broken_links'] == '') & (df['noise'] == ''))
     return df
 
 # %% ../nbs/09_docs.ipynb #ecc135ea

@@ -377,7 +377,7 @@ def plot_pattern(df:pd.DataFrame, # the ticker's OHLCV
                  axes=None, # (price axis, volume axis); a new figure when None
                 ):
     "Price and volume around one pattern with its qualification window, boundaries, snapshots and outcome."
-    if axes is None: _, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True, height_ratios=[3, 1])
+    if axes is None: _, axes = plt.subplots(2, 1, figsize=(7.5, 4.2), sharex=True, height_ratios=[3, 1])
     ax, axv = axes
     dates = df['date'].to_numpy()
     s, t = np.searchsorted(dates, [snapshot['start_date'].to_datetime64(), snapshot['snapshot_date'].to_datetime64()])
@@ -409,7 +409,7 @@ def plot_class_examples(frames:dict, # ticker -> OHLCV
     first = snapshots[snapshots['days_since_activation'] == 0].dropna(subset=['outcome_class'])
     examples = first.groupby('outcome_class').head(1).sort_values('outcome_class')
     rows = max(1, (len(examples) + 1) // 2)
-    fig = plt.figure(figsize=(14, 3.4 * rows))
+    fig = plt.figure(figsize=(7.5, 3.0 * rows))
     grid = fig.add_gridspec(2 * rows, 2, height_ratios=[3, 1] * rows)
     for i, (_, snap) in enumerate(examples.iterrows()):
         ax = fig.add_subplot(grid[2 * (i // 2), i % 2])
@@ -425,7 +425,7 @@ def plot_class_mix(tables:dict, # name -> `class_mix` table
     "Bar chart of class shares (% of labelled snapshots), next to the reference system's shares."
     shares = pd.DataFrame({name: t['share_pct'].iloc[:6] for name, t in tables.items()})
     shares['reference'] = pd.Series(REFERENCE_SHARES)
-    ax = shares.plot.bar(figsize=(10, 4), rot=0, width=0.8)
+    ax = shares.plot.bar(figsize=(7.5, 3.6), rot=0, width=0.8)
     ax.set_ylabel('% of labelled snapshots'); ax.set_title('Outcome class mix')
     for c in ax.containers: ax.bar_label(c, fmt='%.1f', fontsize=7)
     ax.figure.tight_layout()

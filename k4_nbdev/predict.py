@@ -139,7 +139,7 @@ def plot_signals(preds:pd.DataFrame, # from `predict`
                  title:str='', # figure title
                 ):
     "EV histogram and EV vs P(K5), coloured by signal, with the thresholds (definitions page: expected value and signals)."
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.5, 3.4))
     bins = np.linspace(-10, 10, 41)
     for s in SIGNALS:
         rows = preds[preds['signal'] == s]

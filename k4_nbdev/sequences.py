@@ -717,7 +717,7 @@ def plot_sequence(X:np.ndarray, # (L, 69) one sequence
                  ):
     "Heatmap of one sequence (features x days, standardised per feature) with its mask."
     z = (X - X.mean(axis=0)) / np.where(X.std(axis=0) > 0, X.std(axis=0), 1)
-    fig, (axm, ax) = plt.subplots(2, 1, figsize=(11, 12), sharex=True, height_ratios=[1, 40])
+    fig, (axm, ax) = plt.subplots(2, 1, figsize=(7.5, 9.5), sharex=True, height_ratios=[1, 40])
     axm.imshow(mask[None].astype(float), aspect='auto', cmap='Greys', vmin=0, vmax=1)
     axm.set_yticks([0], ['mask'])
     im = ax.imshow(z.T, aspect='auto', cmap='RdBu_r', vmin=-3, vmax=3, interpolation='nearest')
@@ -740,12 +740,13 @@ def plot_class_distributions(X:np.ndarray, # (N, L, 69)
     last = pd.DataFrame(X[labelled, -1][:, [FEATURES.index(k) for k in features]], columns=features)
     classes = meta['outcome_class'][labelled].astype(int).to_numpy()
     present = sorted(set(classes))
-    fig, axes = plt.subplots(2, (len(features) + 1) // 2, figsize=(14, 6.5))
+    fig, axes = plt.subplots((len(features) + 2) // 3, 3, figsize=(7.5, 2.4 * ((len(features) + 2) // 3)), squeeze=False)
     for ax, k in zip(axes.flat, features):
         parts = ax.boxplot([last[k][classes == c] for c in present], patch_artist=True, showfliers=False)
         for box, c in zip(parts['boxes'], present): box.set_facecolor(CLASS_COLORS[c])
         ax.set_xticks(range(1, len(present) + 1), [CLASS_NAMES[c].split('_')[0] for c in present])
         ax.set_title(k, fontsize=9)
+    for ax in axes.flat[len(features):]: ax.set_visible(False)
     fig.suptitle(f'Features at the snapshot bar by outcome class ({labelled.sum():,} labelled snapshots)')
     fig.tight_layout()
     return fig

@@ -861,7 +861,7 @@ def plot_history(history:pd.DataFrame, # per-epoch rows from `train`
                  title:str='', # figure title
                 ):
     "Loss curves, and K4 PR-AUC and EV correlation per epoch on the selection slice and the validation period."
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.5, 3.4))
     for side, label in [('train', 'fitting'), ('sel', 'selection'), ('val', 'validation')]:
         if f'{side}_loss' in history: a.plot(history['epoch'], history[f'{side}_loss'], 'o-', label=label)
     a.set_xlabel('epoch'); a.set_ylabel('loss'); a.legend(); a.set_title('loss')

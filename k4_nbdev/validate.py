@@ -862,7 +862,7 @@ def plot_calibration(top:pd.DataFrame, # `calibration_table` of the top class
                      k4:pd.DataFrame, # `calibration_table` of P(K4)
                     ):
     "Reliability diagrams of the top-class confidence and of P(K4)."
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6))
     for ax, t, name in zip(axes, (top, k4), ('top class: confidence vs accuracy', 'P(K4) vs K4 frequency')):
         ax.plot([0, 1], [0, 1], color='0.6', ls='--', lw=0.8)
         ax.plot(t['predicted'], t['observed'], 'o-')
@@ -891,7 +891,7 @@ def plot_k4_pr(p_k4:np.ndarray, # P(K4) per row
 def plot_signal_quality(sq:pd.DataFrame, # `signal_quality` table
                        ):
     "Per signal: share, K4 rate, K3+K4 rate, correct avoidance; and mean realised value."
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[2, 1])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.5, 3.6), width_ratios=[2, 1])
     cols = ['share', 'k4_rate', 'k3k4_rate', 'correct_avoidance']
     x, w = np.arange(len(sq)), 0.2
     for i, c in enumerate(cols): a.bar(x + (i - 1.5) * w, sq[c].astype(float).fillna(0), w, label=c)
@@ -928,7 +928,7 @@ def plot_quality(table:pd.DataFrame, # from `quality_table`
     "Headline metrics per model as bars with their intervals; the oracle, when present, as the ceiling line with its interval shaded."
     models = [n for n in table.index if n != ORACLE]
     x, width = np.arange(len(QUALITY_PLOT)), 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for i, name in enumerate(models):
         v, lo, hi = (table.loc[name, [f'{m}{s}' for m in QUALITY_PLOT]].to_numpy(float) for s in ('', '_lo', '_hi'))
         err = np.nan_to_num([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
@@ -940,9 +940,9 @@ def plot_quality(table:pd.DataFrame, # from `quality_table`
             m = QUALITY_PLOT[j]
             ax.fill_between([j - 0.45, j + 0.45], ceiling[f'{m}_lo'], ceiling[f'{m}_hi'], color='0.5', alpha=0.2, lw=0, zorder=0)
             ax.hlines(ceiling[m], j - 0.45, j + 0.45, color='k', lw=2, label=f'{ORACLE}: the ceiling' if j == drawn[0] else None)
-    ax.set_xticks(x, [RANKING_NAMES[m].replace(', ', ',\n') for m in QUALITY_PLOT], fontsize=8)
-    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=8)
-    ax.set_title(f"ranking quality with {table.attrs.get('level', 0.95):.0%} pattern-bootstrap intervals (undefined shown as 0)")
+    ax.set_xticks(x, [RANKING_NAMES[m].replace(', ', ',\n').replace(' (', '\n(') for m in QUALITY_PLOT], fontsize=7)
+    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=7)
+    ax.set_title(f"ranking quality, {table.attrs.get('level', 0.95):.0%} pattern-bootstrap intervals (undefined: 0)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -1003,7 +1003,7 @@ def plot_backtest(bt:dict, # from `backtest` (not skipped)
                  ):
     "Equity curves of the signal trades and of every pattern, with the random picks' mean and band."
     c, table = bt['curves'], bt['table']
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     lo, hi = (f'{RANDOM}, {q}%' for q in BAND)
     if lo in c:
         ax.fill_between(c.index, c[lo], c[hi], step='post', color='0.6', alpha=0.3, lw=0,
@@ -1011,9 +1011,9 @@ def plot_backtest(bt:dict, # from `backtest` (not skipped)
         ax.step(c.index, c[f'{RANDOM}, mean'], where='post', color='0.4', ls='--', lw=1, label='random picks, mean')
     for name, color in ((EVERY_PATTERN, 'tab:orange'), (SIGNAL_TRADES, 'tab:green')):
         ax.step(c.index, c[name], where='post', color=color, lw=1.5, label=f"{name} ({table.loc[name, 'trades']} trades)")
-    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
+    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=7, loc='upper left')
     ax.set_ylabel('realised P&L, units of capital'); ax.set_xlabel('exit date')
-    ax.set_title('signal backtest: one unit of capital in equal stakes per strategy, P&L summed by exit date', fontsize=10)
+    ax.set_title('signal backtest: one unit of capital in equal stakes,\nP&L summed by exit date', fontsize=10)
     fig.autofmt_xdate(); fig.tight_layout()
     return fig
 
@@ -1479,8 +1479,8 @@ def plot_evaluation(results:pd.DataFrame, # from `walk_forward`
                    ):
     "Every fold x seed result per model and metric, with the mean; the oracle's per-fold values as grey ticks."
     models = [m for m in results['model'].unique() if m != ORACLE]
-    fig, axes = plt.subplots(1, len(EVALUATION_METRICS), figsize=(4 * len(EVALUATION_METRICS), 0.5 * len(models) + 2), sharey=True)
-    for ax, metric in zip(axes, EVALUATION_METRICS):
+    fig, axes = plt.subplots(2, 2, figsize=(7.5, 2 * (0.4 * len(models) + 1.1)), sharey=True)
+    for ax, metric in zip(axes.flat, EVALUATION_METRICS):
         for i, m in enumerate(models):
             v = results.loc[results['model'] == m, [metric, 'fold']]
             ax.scatter(v[metric], i + 0.12 * (v['fold'] - 2), s=14, c=v['fold'], cmap='viridis', vmin=1, vmax=max(results['fold'].max(), 2))
@@ -1488,8 +1488,9 @@ def plot_evaluation(results:pd.DataFrame, # from `walk_forward`
         for v in results.loc[results['model'] == ORACLE, metric]:
             ax.axvline(v, color='0.6', ls=':', lw=1)
         ax.set_title(RANKING_NAMES.get(metric, metric), fontsize=9); ax.axvline(0, color='0.8', lw=0.8)
-    axes[0].set_yticks(range(len(models)), models, fontsize=8); axes[0].invert_yaxis()
-    fig.suptitle('walk-forward folds x seeds (dots coloured by fold; black: mean; dotted: the oracle on each fold)', fontsize=10)
+    for row in axes: row[0].set_yticks(range(len(models)), [short_name(m) for m in models], fontsize=8)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle('walk-forward folds x seeds (dots: by fold; black: mean; dotted: the oracle per fold)', fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -1593,7 +1594,7 @@ def plot_strength(table:pd.DataFrame, # from `strength_table`
                  ):
     "Share of the q-oracle's K4 PR-AUC and recall at 2% against precursor strength, one line per model, chance dashed."
     models = [m for m in table.index.get_level_values('model').unique() if m != ORACLE]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.8))
     for ax, metric in zip(axes, STRENGTH_METRICS):
         for m in models:
             t = table.xs(m, level='model')
