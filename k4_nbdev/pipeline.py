@@ -271,14 +271,12 @@ def summarise(record:dict) -> str:
              f"run record:         {run_dir / 'run.json'}"]
     lines += [f"  {s:<12} {v['status']:<6} {v.get('seconds', 0):7.1f} s" for s, v in record['stages'].items()]
     if (run_dir / 'validation_report.md').exists(): lines.append(f"validation report:  {run_dir / 'validation_report.md'}")
-    from k4_nbdev.validate import COMPARISON_FILE   # written by 05_train through `write_comparison`
+    from k4_nbdev.validate import COMPARISON_FILE, headline_display, headline_sentence   # written by 05_train (`write_comparison`)
     comparison = run_dir / COMPARISON_FILE
     if comparison.exists():
         table = pd.read_csv(comparison, index_col=0)
-        shown = [c for c in ['k4_pr_auc', 'k4_pr_auc_share', 'k4_recall_top5', 'pattern_k4_recall_top5', 'ev_corr', 'k4_recall']
-                 if c in table]
-        lines += ['validation metrics (share: of the oracle\'s ceiling; intervals in model_comparison.csv):',
-                  table[shown].round(3).to_string()]
+        lines += ['', headline_sentence(table).replace('**', ''), '', headline_display(table).to_string(),
+                  f'(every metric with its interval: {comparison})']
     return '\n'.join(lines)
 
 # %% ../nbs/08_pipeline.ipynb #c7de521b
