@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['CHROMIUM_ARGS', 'RESULT_TABLE', 'RESULT_FIGURE', 'RESULT_MIN_K4', 'project_root', 'stage_sources',
-           'without_local_paths', 'parameter_table', 'page_for_site', 'check_site_folder', 'build_docs', 'page_noise',
-           'check_site', 'chromium_path', 'serve', 'browse_site', 'latest_result', 'result_markdown', 'render_readme',
-           'write_readme', 'docs_cli']
+           'without_local_paths', 'parameter_table', 'page_for_site', 'check_site_folder', 'build_docs',
+           'unlabelled_images', 'page_noise', 'check_site', 'chromium_path', 'serve', 'browse_site', 'latest_result',
+           'result_markdown', 'render_readme', 'write_readme', 'docs_cli']
 
 # %% ../nbs/09_docs.ipynb #336aa1cd
 import html
@@ -177,6 +177,13 @@ def _broken_links(site:Path, page:Path) -> list:
 
 _NOISE = re.compile(r'IProgress not found|TqdmWarning|DeprecationWarning|FutureWarning|k4-[\w-]+: error:|/tmp/tmp\w+|/tmp/pytest-of-')
 
+_IMG = re.compile(r'<img\b[^>]*>')
+
+def unlabelled_images(text:str, # a page's HTML
+                     ) -> int: # images without alt text (a screen reader, a failed load and search all show nothing for them)
+    "Images a reader who cannot see them learns nothing from."
+    return sum(not re.search(r'\balt="[^"]+"', tag) for tag in _IMG.findall(text))
+
 def page_noise(text:str, # a page's HTML
                root:Path, # the project folder
               ) -> list: # what a reader should not see: warnings, usage errors, local paths (each kind once)
@@ -201,10 +208,10 @@ def check_site(site, # built site folder
         rows.append(dict(page=page.name, exists=page.exists(), figures=max(want_img, int(draws)), figures_on_page=text.count('<img'),
                          tables=want_tab, tables_on_page=text.count('<table'),
                          broken_links=', '.join(_broken_links(site, page)) if page.exists() else '',
-                         noise=', '.join(page_noise(text, project_root()))))
+                         noise=', '.join(page_noise(text, project_root())), images_without_alt=unlabelled_images(text)))
     df = pd.DataFrame(rows)
     df['ok'] = (df['exists'] & (df['figures_on_page'] >= df['figures']) & (df['tables_on_page'] >= df['tables'])
-                & (df['broken_links'] == '') & (df['noise'] == ''))
+                & (df['broken_links'] == '') & (df['noise'] == '') & (df['images_without_alt'] == 0))
     return df
 
 # %% ../nbs/09_docs.ipynb #ecc135ea
