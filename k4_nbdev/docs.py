@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['CHROMIUM_ARGS', 'RESULT_TABLE', 'RESULT_FIGURE', 'RESULT_MIN_K4', 'project_root', 'stage_sources',
-           'without_local_paths', 'parameter_table', 'page_for_site', 'check_site_folder', 'build_docs',
-           'unlabelled_images', 'page_noise', 'check_site', 'chromium_path', 'serve', 'browse_site', 'latest_result',
-           'result_markdown', 'render_readme', 'write_readme', 'docs_cli']
+           'without_local_paths', 'parameter_table', 'page_for_site', 'offline_math', 'check_site_folder', 'build_docs',
+           'raw_math', 'unlabelled_images', 'page_noise', 'check_site', 'chromium_path', 'serve', 'browse_site',
+           'latest_result', 'result_markdown', 'render_readme', 'write_readme', 'docs_cli']
 
 # %% ../nbs/09_docs.ipynb #336aa1cd
 import html
@@ -28,6 +28,7 @@ try:   # the `docs` extra; without it k4-docs ends in one line naming the extra 
     from nbdev.serve import proc_nbs
     from playwright.sync_api import sync_playwright
     import smalldocs
+    from latex2mathml.converter import convert as mathml
     _docs_missing = None
 except ImportError as e: _docs_missing = e.name or str(e)
 
@@ -103,6 +104,15 @@ def page_for_site(nb:dict, # an executed notebook (JSON)
     return nb
 
 # %% ../nbs/09_docs.ipynb #9fe34222
+_MATH = re.compile(r'<span class="math (inline|display)">\\[(\[](.*?)\\[)\]]</span>', re.S)
+_KATEX = re.compile(r'<link[^>]*katex[^>]*>|<script[^>]*katex[^>]*>\s*</script>')
+
+def offline_math(page:str, # a page's HTML, its maths as TeX for KaTeX (`\\(...\\)`, `\\[...\\]`)
+                ) -> str: # the page with its maths as MathML, which the browser draws itself, and no KaTeX from a CDN
+    "Maths that reads the same offline: TeX converted to MathML once, when the site is built."
+    convert = lambda m: mathml(html.unescape(m[2]), display='block' if m[1] == 'display' else 'inline')
+    return _KATEX.sub('', _MATH.sub(convert, page))
+
 def _render(proc:Path, renderer:str) -> list:
     "Render the processed folder `proc` into `proc/_docs`; returns the renderer's warnings."
     if renderer == 'quarto':
@@ -110,6 +120,7 @@ def _render(proc:Path, renderer:str) -> list:
         return []
     from smalldocs.site import build
     site = build(proc, quiet=True)
+    for page in (proc / '_docs').glob('*.html'): page.write_text(offline_math(page.read_text()))
     return [w for w in site.warnings if 'output-file is not read' not in w]
 
 def check_site_folder(out, # site folder to (re)build
@@ -178,6 +189,12 @@ def _broken_links(site:Path, page:Path) -> list:
 _NOISE = re.compile(r'IProgress not found|TqdmWarning|DeprecationWarning|FutureWarning|k4-[\w-]+: error:|/tmp/tmp\w+|/tmp/pytest-of-')
 
 _IMG = re.compile(r'<img\b[^>]*>')
+_RAW_MATH = re.compile(r'<span class="math (?:inline|display)">(?!\s*<math)')
+
+def raw_math(text:str, # a page's HTML
+            ) -> int: # maths left as TeX for a script to draw
+    "Formulas a reader without the script (offline, blocked CDN) sees as raw TeX."
+    return len(_RAW_MATH.findall(text))
 
 def unlabelled_images(text:str, # a page's HTML
                      ) -> int: # images without alt text (a screen reader, a failed load and search all show nothing for them)
@@ -208,10 +225,11 @@ def check_site(site, # built site folder
         rows.append(dict(page=page.name, exists=page.exists(), figures=max(want_img, int(draws)), figures_on_page=text.count('<img'),
                          tables=want_tab, tables_on_page=text.count('<table'),
                          broken_links=', '.join(_broken_links(site, page)) if page.exists() else '',
-                         noise=', '.join(page_noise(text, project_root())), images_without_alt=unlabelled_images(text)))
+                         noise=', '.join(page_noise(text, project_root())), images_without_alt=unlabelled_images(text),
+                         raw_math=raw_math(text)))
     df = pd.DataFrame(rows)
     df['ok'] = (df['exists'] & (df['figures_on_page'] >= df['figures']) & (df['tables_on_page'] >= df['tables'])
-                & (df['broken_links'] == '') & (df['noise'] == '') & (df['images_without_alt'] == 0))
+                & (df['broken_links'] == '') & (df['noise'] == '') & (df['images_without_alt'] == 0) & (df['raw_math'] == 0))
     return df
 
 # %% ../nbs/09_docs.ipynb #ecc135ea
