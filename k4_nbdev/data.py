@@ -648,7 +648,7 @@ def _flag_kwargs(d) -> dict:
 def command(prog:str, # the console script's name, e.g. 'k4-patterns'
             positional:tuple=(), # arguments given by position instead of as --flags
            ): # decorator: func -> main(argv=None)
-    "Make a console script of a function: flags from its signature and docments, one-line user errors, --debug."
+    "Make a console script of a function: flags from its signature and docments, one-line user errors, `--debug`."
     def decorate(func):
         @wraps(func)
         def main(argv:list=None): # command-line arguments (default: sys.argv[1:])
@@ -879,7 +879,7 @@ def real_samples_cli(output:str, # store folder to write
 def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
                     drop:bool=False, # report the rows that on_error='drop' removes instead of failing
                    ):
-    "Validate every ticker of an OHLCV store; exit 1 on bad data unless --drop."
+    "Validate every ticker of an OHLCV store; exit 1 on bad data unless `--drop`."
     reports = []
     try: frames = read_store(store, on_error='drop' if drop else 'raise', reports=reports)
     except OHLCVError as e: raise OHLCVError(f"{store}: {e}") from None

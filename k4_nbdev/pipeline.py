@@ -319,6 +319,6 @@ def run_cli(name:str='quick', # run name: the folder under --runs-root (a plain 
 
 def pipeline_cli(argv:list=None, # command-line arguments (default: sys.argv[1:])
                 ):
-    "Console script `k4-pipeline`: `run_cli`, with the repeatable `-p NAME VALUE` pairs passed as its --overrides."
+    "Console script `k4-pipeline`: `run_cli`, with the repeatable `-p NAME VALUE` pairs passed as its `--overrides`."
     rest, words = split_overrides(sys.argv[1:] if argv is None else list(argv))
     return run_cli(rest + (['--overrides', json.dumps(words)] if words else []))

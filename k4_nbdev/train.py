@@ -271,7 +271,7 @@ def check_settings(epochs:int=RECIPE.epochs, # training epochs, at least 1
 def load_resume(path, # `last.pt` of an interrupted run
                 output_dir, # the folder the resumed run writes to: it must hold `path`
                ) -> dict: # its checkpoint, with the optimiser, schedule, random and early-stopping state
-    "Load the checkpoint to resume from; refuse a best.pt, a foreign file, another folder's or a finished run's, naming --resume."
+    "Load the checkpoint to resume from; refuse a best.pt, a foreign file, another folder's or a finished run's, naming `--resume`."
     check_flag(Path(path).resolve().parent == Path(output_dir).resolve(), '--resume', str(path), f'the last.pt inside the output folder {output_dir}')
     try: ck = load_checkpoint(path)
     except (ValueError, OSError) as e: raise UsageError(f"--resume: {e}") from None
