@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['CHROMIUM_ARGS', 'RESULT_TABLE', 'RESULT_FIGURE', 'RESULT_MIN_K4', 'project_root', 'stage_sources',
-           'without_local_paths', 'parameter_table', 'page_for_site', 'offline_math', 'check_site_folder', 'build_docs',
-           'raw_math', 'unlabelled_images', 'page_noise', 'check_site', 'chromium_path', 'serve', 'browse_site',
-           'latest_result', 'result_markdown', 'render_readme', 'write_readme', 'docs_cli']
+           'without_local_paths', 'parameter_table', 'page_for_site', 'offline_math', 'module_pages', 'site_url',
+           'site_links', 'check_site_folder', 'build_docs', 'raw_math', 'unlabelled_images', 'page_noise', 'check_site',
+           'chromium_path', 'serve', 'browse_site', 'latest_result', 'result_markdown', 'render_readme', 'write_readme',
+           'docs_cli']
 
 # %% ../nbs/09_docs.ipynb #336aa1cd
 import html
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import yaml
 try:   # the `docs` extra; without it k4-docs ends in one line naming the extra to install
     from nbdev.config import get_config
     from nbdev.serve import proc_nbs
@@ -113,6 +115,27 @@ def offline_math(page:str, # a page's HTML, its maths as TeX for KaTeX (`\\(...\
     convert = lambda m: mathml(html.unescape(m[2]), display='block' if m[1] == 'display' else 'inline')
     return _KATEX.sub('', _MATH.sub(convert, page))
 
+def module_pages(nbs:Path, # the notebooks folder
+                ) -> dict: # module name -> the notebook page that documents it, e.g. 'data' -> '00_data.html'
+    "Which page documents each module (its notebook's `default_exp`)."
+    pages = {}
+    for nb in sorted(Path(nbs).glob('[0-9]*.ipynb')):
+        sources = (''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
+        if m := next((m for s in sources if (m := re.search(r'^#\|\s*default_exp\s+(\S+)', s, re.M))), None):
+            pages[m[1]] = f'{nb.stem}.html'
+    return pages
+
+def site_url() -> str:
+    "The site's published address, from the top-level `_quarto.yml`."
+    return yaml.safe_load((project_root() / '_quarto.yml').read_text())['website']['site-url']
+
+def site_links(page:str, # a page's HTML
+               site_url:str, # the site's published address (`website.site-url`)
+               pages:dict, # from `module_pages`
+              ) -> str: # the page with links to this site's symbols made relative to its real pages
+    "Symbol links point where the symbol is documented in this very site, not to module-named pages on the published one."
+    return re.sub(re.escape(site_url.rstrip('/')) + r'/(\w+)\.html', lambda m: pages.get(m[1], m[0]), page)
+
 def _render(proc:Path, renderer:str) -> list:
     "Render the processed folder `proc` into `proc/_docs`; returns the renderer's warnings."
     if renderer == 'quarto':
@@ -151,6 +174,8 @@ def build_docs(run_dir=None, # pipeline run whose executed notebooks are rendere
         for w in _render(proc, renderer): print(f"docs warning: {w}", file=sys.stderr)
         built = proc / '_docs'
         if not (built / 'index.html').exists(): raise RuntimeError(f"{renderer} wrote no index.html into {built}")
+        url, pages = site_url(), module_pages(root / 'nbs')
+        for page in built.glob('*.html'): page.write_text(site_links(page.read_text(), url, pages))
         tmp_out = out.with_name(out.name + '.tmp')
         shutil.rmtree(tmp_out, ignore_errors=True)
         shutil.move(str(built), tmp_out)
@@ -226,10 +251,11 @@ def check_site(site, # built site folder
                          tables=want_tab, tables_on_page=text.count('<table'),
                          broken_links=', '.join(_broken_links(site, page)) if page.exists() else '',
                          noise=', '.join(page_noise(text, project_root())), images_without_alt=unlabelled_images(text),
-                         raw_math=raw_math(text)))
+                         raw_math=raw_math(text), links_off_site=text.count(site_url().rstrip('/') + '/')))
     df = pd.DataFrame(rows)
     df['ok'] = (df['exists'] & (df['figures_on_page'] >= df['figures']) & (df['tables_on_page'] >= df['tables'])
-                & (df['broken_links'] == '') & (df['noise'] == '') & (df['images_without_alt'] == 0) & (df['raw_math'] == 0))
+                & (df['broken_links'] == '') & (df['noise'] == '') & (df['images_without_alt'] == 0) & (df['raw_math'] == 0)
+                & (df['links_off_site'] == 0))
     return df
 
 # %% ../nbs/09_docs.ipynb #ecc135ea
