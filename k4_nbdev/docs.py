@@ -19,12 +19,15 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import yaml
+
+import k4_nbdev
 try:   # the `docs` extra; without it k4-docs ends in one line naming the extra to install
     from nbdev.config import get_config
     from nbdev.serve import proc_nbs
@@ -52,7 +55,10 @@ def stage_sources(dest:Path, # empty staging folder
     for f in sorted(nbs.iterdir()):
         if f.name.startswith(('.', '_')) or f.is_dir(): continue
         shutil.copy(f, dest / f.name)
-    shutil.copy(root / '_quarto.yml', dest / '_quarto.yml')
+    config = yaml.safe_load((root / '_quarto.yml').read_text())
+    run = f" from run {Path(run_dir).name}" if run_dir is not None else ''
+    config['website']['page-footer']['left'] = f"k4_nbdev {k4_nbdev.__version__} · built {datetime.now():%Y-%m-%d}{run}"
+    (dest / '_quarto.yml').write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     executed = []
     if run_dir is not None:
         run_nbs = Path(run_dir) / 'notebooks'
@@ -144,7 +150,8 @@ def _render(proc:Path, renderer:str) -> list:
     from smalldocs.site import build
     site = build(proc, quiet=True)
     for page in (proc / '_docs').glob('*.html'): page.write_text(offline_math(page.read_text()))
-    return [w for w in site.warnings if 'output-file is not read' not in w]
+    known = ('output-file is not read', 'html-math-method is ignored')   # the second is done by `offline_math`
+    return [w for w in site.warnings if not any(k in w for k in known)]
 
 def check_site_folder(out, # site folder to (re)build
                       inputs:dict, # what the build reads: name -> path (None: not given)
