@@ -8,9 +8,9 @@ __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'S
            'OHLCVError', 'validate_ohlcv', 'parse_dates', 'normalise_ohlcv', 'atomic_write', 'fingerprint',
            'write_store', 'list_tickers', 'read_store', 'StoreFrames', 'MarketParams', 'scaled_precursors',
            'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples', 'stylized_facts', 'UsageError',
-           'check_flag', 'check_outputs', 'os_error_line', 'command', 'progress_bar', 'check_scheduler', 'job_map',
-           'load_source', 'write_synthetic_store', 'build_store', 'plot_ticker', 'plot_episodes',
-           'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
+           'check_flag', 'check_outputs', 'os_error_line', 'command', 'progress_bar', 'reader_number', 'reader_display',
+           'check_scheduler', 'job_map', 'load_source', 'write_synthetic_store', 'build_store', 'plot_ticker',
+           'plot_episodes', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
 import argparse
@@ -674,6 +674,15 @@ def progress_bar(*args, # passed to tqdm (an iterable, or nothing with total=)
                 ) -> tqdm:
     "A progress bar on a terminal only: in a notebook, a papermill run or a log file it is silent (no widget warning, no carriage-return lines)."
     return tqdm(*args, disable=not (show and sys.stderr.isatty()), **kwargs)
+
+def reader_number(v:float) -> str:
+    "A float as a reader takes it in: three significant digits, or whole with thousands separated from 100 up."
+    return f'{v:,.0f}' if abs(v) >= 100 else f'{v:.3g}'
+
+def reader_display():
+    "Frames as the pages show them: floats by `reader_number`, at most 8 columns and 30 rows (the rest is in the file)."
+    pd.set_option('display.float_format', reader_number)
+    pd.set_option('display.max_columns', 8); pd.set_option('display.max_rows', 30)
 
 # %% ../nbs/00_data.ipynb #1f3f023f
 SCHEDULERS = ('processes', 'dask')                 # or the address of a running Dask scheduler, tcp://host:port

@@ -96,7 +96,7 @@ def stage_notebook(stage:str, # stage notebook name
 INLINE_BACKEND = 'module://matplotlib_inline.backend_inline'
 
 class IPCKernelManager(AsyncKernelManager):
-    "Kernels that talk over local IPC sockets in the temp folder (no TCP ports, no unencrypted-TCP warning) and draw inline."
+    "Kernels that talk over local IPC sockets in the temp folder (no TCP ports, no unencrypted-TCP warning), draw inline and show frames rounded."
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.transport, self.ip = 'ipc', str(Path(tempfile.gettempdir()) / f'k4-kernel-{os.getpid()}')
@@ -104,7 +104,8 @@ class IPCKernelManager(AsyncKernelManager):
     async def start_kernel(self, **kw):
         "Start the kernel with matplotlib's inline backend, whatever MPLBACKEND the caller's environment sets."
         env = {**(kw.pop('env', None) or os.environ), 'MPLBACKEND': INLINE_BACKEND}
-        return await super().start_kernel(env=env, **kw)
+        setup = '--InteractiveShellApp.exec_lines=from k4_nbdev.data import reader_display; reader_display()'   # frames as pages show them
+        return await super().start_kernel(env=env, extra_arguments=[*(kw.pop('extra_arguments', None) or []), setup], **kw)
 
 def run_stage(stage:str, # stage notebook name
               run_dir:Path, # run folder
