@@ -226,6 +226,7 @@ def _broken_links(site:Path, page:Path) -> list:
         if not (page.parent / html.unescape(target)).exists(): out.append(target)
     return out
 
+_SOURCE = re.compile(r'<pre class="sourceCode[^"]*"[^>]*>.*?</pre>', re.S)   # a code cell's source, as both renderers write it
 _NOISE = re.compile(r'IProgress not found|TqdmWarning|DeprecationWarning|FutureWarning|k4-[\w-]+: error:|/tmp/tmp\w+|/tmp/pytest-of-')
 
 _IMG = re.compile(r'<img\b[^>]*>')
@@ -244,7 +245,8 @@ def unlabelled_images(text:str, # a page's HTML
 def page_noise(text:str, # a page's HTML
                root:Path, # the project folder
               ) -> list: # what a reader should not see: warnings, usage errors, local paths (each kind once)
-    "Text in a page that belongs in a log, not in the documentation."
+    "Text in a page's prose and outputs that belongs in a log, not in the documentation (the code shown is the code: not searched)."
+    text = _SOURCE.sub('', text)
     found = {m.group(0) for m in _NOISE.finditer(text)} | ({str(root)} if str(root) in text else set())
     return sorted(found)
 
