@@ -67,7 +67,7 @@ def stage_sources(dest:Path, # empty staging folder
         run_nbs = Path(run_dir) / 'notebooks'
         if not run_nbs.is_dir(): raise FileNotFoundError(f"{run_dir} is not a pipeline run: it has no notebooks/ folder")
         for f in sorted(run_nbs.glob('*.ipynb')):
-            (dest / f.name).write_text(json.dumps(page_for_site(json.loads(f.read_text()), root)))
+            (dest / f.name).write_text(json.dumps(page_for_site(json.loads(f.read_text()), root, run_dir)))
             executed.append(f.stem)
         for name in READER_PAGES:   # pages no stage runs, but whose tables and figures a reader needs
             run_stage(name, dest, {})   # executes nbs/{name}.ipynb into dest/notebooks, from nbs/ (its relative paths)
@@ -81,8 +81,10 @@ _ASSIGN = re.compile(r"^(\w+)\s*=\s*(.+?)(?:\s+#\s*(.*))?$")
 
 def without_local_paths(text:str, # an output's text
                         root:Path, # the project folder
-                       ) -> str: # the text with the project's folder made relative and temporary folders named <tmp>
+                        run_dir:Path=None, # the run the page comes from, wherever it lies: shown as runs/<name>
+                       ) -> str: # the text with the run as runs/<name>, the project's folder relative, temporary folders <tmp>
     "Outputs say where things are relative to the project, never on the machine that ran them."
+    if run_dir is not None: text = text.replace(str(Path(run_dir).resolve()), f'runs/{Path(run_dir).name}')
     return _TEMP.sub('<tmp>', text.replace(f'{root}/', '').replace(str(root), '.'))
 
 def parameter_table(defaults:str, # source of the notebook's parameters cell
@@ -95,28 +97,30 @@ def parameter_table(defaults:str, # source of the notebook's parameters cell
     for line in injected.splitlines():
         if m := _ASSIGN.match(line): rows.setdefault(m[1], ['', '', ''])[0] = m[2]
     cell = lambda v: v.replace('|', '\\|')
-    return '\n'.join(['**Parameters of this run** (set by the pipeline through papermill; the notebook\'s defaults beside them):', '',
-                      '| parameter | this run | default | what it is |', '|---|---|---|---|']
-                     + [f"| `{k}` | `{cell(run)}` | `{cell(d)}` | {cell(what)} |" for k, (run, d, what) in rows.items()])
+    value = lambda run, d: f"`{cell(run)}`" + (f" (default `{cell(d)}`)" if d and run != d else '')
+    return '\n'.join(['**Parameters of this run** (set by the pipeline through papermill; a default is named where the run changed it):', '',
+                      '| parameter | this run | what it is |', '|---|---|---|']
+                     + [f"| `{k}` | {value(run, d)} | {cell(what)} |" for k, (run, d, what) in rows.items()])
 
 def page_for_site(nb:dict, # an executed notebook (JSON)
                   root:Path, # the project folder
+                  run_dir:Path=None, # the run it comes from (its folder is shown as runs/<name>)
                  ) -> dict: # the same notebook, ready to render
     "An executed notebook as its page shows it: the parameters as one table (hidden where the notebook hides its own), no local paths in outputs."
     tags = lambda c: c.get('metadata', {}).get('tags', [])
     own = next((c for c in nb['cells'] if 'parameters' in tags(c)), None)
     injected = next((c for c in nb['cells'] if 'injected-parameters' in tags(c)), None)
     if own is not None and injected is not None:
-        text = without_local_paths(''.join(injected['source']), root)
+        text = without_local_paths(''.join(injected['source']), root, run_dir)
         if ''.join(own['source']).startswith('#| hide'): injected['source'] = '#| hide\n' + text
         else:
             nb['cells'][nb['cells'].index(own)] = {'cell_type': 'markdown', 'metadata': {}, 'source': parameter_table(''.join(own['source']), text)}
             nb['cells'].remove(injected)
     for c in nb['cells']:
         for o in c.get('outputs', []):
-            if 'text' in o: o['text'] = without_local_paths(''.join(o['text']), root)
+            if 'text' in o: o['text'] = without_local_paths(''.join(o['text']), root, run_dir)
             for kind in ('text/plain', 'text/html', 'text/markdown'):
-                if kind in o.get('data', {}): o['data'][kind] = without_local_paths(''.join(o['data'][kind]), root)
+                if kind in o.get('data', {}): o['data'][kind] = without_local_paths(''.join(o['data'][kind]), root, run_dir)
     return nb
 
 # %% ../nbs/09_docs.ipynb #9fe34222
