@@ -69,6 +69,25 @@ def test_site_in_a_real_browser_and_the_check_catches_a_broken_image(site_copy, 
     assert all(p.stat().st_size > 10_000 for p in shots.values())
 
 
+
+def test_a_figure_opens_full_size_on_a_click_and_closes_on_the_next(tiny_site):
+    "The site's figures are shown at the column's width; a click shows one at its drawn size, over the page."
+    if not chromium_path():
+        pytest.skip("Chromium is not installed (Debian package `chromium`; `make test` installs it)")
+    from playwright.sync_api import sync_playwright
+    from k4_nbdev.docs import CHROMIUM_ARGS, serve
+    with serve(tiny_site) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={'width': 1280, 'height': 900})
+        page.goto(base + '05_train.html', wait_until='load')
+        figure = page.locator('.cell-output img').first
+        figure.scroll_into_view_if_needed(); figure.click()
+        shown = page.locator('.figure-enlarged img')
+        assert shown.count() == 1 and shown.evaluate('i => i.clientWidth') >= min(figure.evaluate('i => i.naturalWidth'), 1200)
+        page.locator('.figure-enlarged').click()
+        assert page.locator('.figure-enlarged').count() == 0
+        browser.close()
+
 @pytest.mark.parametrize('where', ['the run', 'inside the run', 'holding the run'])
 def test_docs_never_replaces_its_inputs(tiny_run, tmp_path, where):
     run = tmp_path / 'runs' / 'r'
