@@ -834,13 +834,13 @@ def signal_comparison_display(table:pd.DataFrame, # from `signal_comparison`
     pct = lambda v: '–' if pd.isna(v) else f'{v:.1%}'
     rows = {}
     for s in ENTRY_SIGNALS + ('MODERATE',):
-        rows[f'{s}: share of rows'] = table[f'{s}_share'].map(pct)
-        rows[f'{s}: K4 rate'] = table[f'{s}_k4_rate'].map(pct)
-    rows['trades (first STRONG/GOOD per pattern)'] = table['trades'].astype(str)
+        rows[f'{s}: share of rows'] = table[f'{s}_share'].map(pct).tolist()
+        rows[f'{s}: K4 rate'] = table[f'{s}_k4_rate'].map(pct).tolist()
+    rows['trades (first STRONG/GOOD per pattern)'] = table['trades'].astype(str).tolist()
     for k, name in [('hit_rate', 'hit rate'), ('mean_return', 'mean return'), ('median_return', 'median return')]:
         rows[name] = [f'{pct(v)} [{pct(lo)}, {pct(hi)}]' if pd.notna(v) else '–'
                       for v, lo, hi in table[[k, f'{k}_lo', f'{k}_hi']].to_numpy()]
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows, index=[short_name(n) for n in table.index]).T
 
 # %% ../nbs/07_validate.ipynb #c7d0fa2d
 SHORT = [c.split('_')[0] for c in CLASS_NAMES]
