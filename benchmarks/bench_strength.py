@@ -45,7 +45,7 @@ def main():
     p.add_argument('--scale', default='quick', choices=list(SCALES), help='synthetic preset')
     p.add_argument('--seed', type=int, default=0, help='market seed')
     p.add_argument('--out', default='runs/strength', help='folder for the markets and their evaluations')
-    p.add_argument('--results', default=f'nbs/results/strength_quick.csv', help='CSV of every evaluation row, with its strength')
+    p.add_argument('--results', default='nbs/results/strength_quick.csv', help='CSV of every evaluation row, with its strength')
     a = p.parse_args()
     rows = []
     for strength in [float(s) for s in a.strengths.split(',')]:

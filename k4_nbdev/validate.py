@@ -1334,6 +1334,8 @@ def validate(predictions, # predictions parquet (`06_predict`)
     "The stage: test, measure and report a predictions file."
     predictions = Path(predictions)
     if not predictions.exists(): raise FileNotFoundError(f"predictions file {predictions} does not exist (run k4-predict first)")
+    if comparison is not None and not Path(comparison).is_file():   # before the checks run, not after
+        raise FileNotFoundError(f"comparison {comparison} does not exist: give the model_comparison.csv that k4-train wrote into the run folder")
     preds = pd.read_parquet(predictions)
     missing = [c for c in ['ticker', 'pattern_id', 'snapshot_date', 'label_end_date', 'outcome_class', 'predicted_class',
                            'expected_value', 'signal'] + PROB_COLUMNS if c not in preds.columns]

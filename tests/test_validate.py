@@ -743,3 +743,6 @@ def test_the_report_puts_every_model_of_the_train_stage_beside_the_checks(tiny_r
     line = refused(['--predictions', run / 'predictions.parquet', '--output', tmp_path / 'r.md', '--comparison', tmp_path / 'other.csv',
                     '--no-provenance-check', '--n-audit', '0'], {'--comparison': tmp_path / 'other.csv'})
     assert 'made from another split' in line and str(tmp_path / 'other.csv') in line and not (tmp_path / 'r.md').exists()
+    line = refused(['--predictions', run / 'predictions.parquet', '--output', tmp_path / 'r.md', '--comparison', tmp_path / 'none.csv',
+                    '--no-provenance-check', '--n-audit', '0'], {})
+    assert 'comparison' in line and 'does not exist' in line and not (tmp_path / 'r.md').exists()
