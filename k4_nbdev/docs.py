@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['READER_PAGES', 'CHROMIUM_ARGS', 'SHRINK_MAX', 'RESULT_TABLE', 'RESULT_FIGURE', 'RESULT_MIN_K4', 'project_root',
            'stage_sources', 'without_local_paths', 'parameter_table', 'page_for_site', 'offline_math', 'module_pages',
-           'site_url', 'site_links', 'check_site_folder', 'build_docs', 'raw_math', 'unlabelled_images', 'page_noise',
-           'check_site', 'chromium_path', 'serve', 'browse_site', 'latest_result', 'result_markdown', 'render_readme',
-           'write_readme', 'docs_cli']
+           'site_url', 'site_links', 'check_site_folder', 'build_docs', 'plain_text', 'start_pages', 'search_rank',
+           'refine_search', 'raw_math', 'unlabelled_images', 'page_noise', 'check_site', 'chromium_path', 'serve',
+           'browse_site', 'search_site', 'latest_result', 'result_markdown', 'render_readme', 'write_readme',
+           'docs_cli']
 
 # %% ../nbs/09_docs.ipynb #336aa1cd
 import html
@@ -195,6 +196,7 @@ def build_docs(run_dir=None, # pipeline run whose executed notebooks are rendere
         if not (built / 'index.html').exists(): raise RuntimeError(f"{renderer} wrote no index.html into {built}")
         url, pages = site_url(), module_pages(root / 'nbs')
         for page in built.glob('*.html'): page.write_text(site_links(page.read_text(), url, pages))
+        if (built / 'search.json').exists(): refine_search(built)
         tmp_out = out.with_name(out.name + '.tmp')
         shutil.rmtree(tmp_out, ignore_errors=True)
         shutil.move(str(built), tmp_out)
@@ -203,6 +205,46 @@ def build_docs(run_dir=None, # pipeline run whose executed notebooks are rendere
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+# %% ../nbs/09_docs.ipynb #9b65488b
+_SECTION = re.compile(r'<section id="([^"]+)"[^>]*>(.*?)(?=<section id=|</main>)', re.S)
+_MARKS = [(re.compile(r'\[([^\]]+)\]\([^)\s]+\)'), r'\1'), (re.compile(r'`|\*\*|__'), ''),
+          (re.compile(r'\s+source\s*$'), ''), (re.compile(r'\s+'), ' ')]
+
+def plain_text(fragment:str, # HTML (or a text with markdown marks left in it)
+              ) -> str: # the words a reader sees: tags removed before entities are decoded, markdown marks removed
+    "The text of a page fragment as a search excerpt shows it."
+    text = html.unescape(re.sub(r'<[^>]+>', ' ', fragment))
+    for pattern, repl in _MARKS: text = pattern.sub(repl, text)
+    return text.strip()
+
+def start_pages() -> set: # the pages of the sidebar's first section, e.g. {'index.html', '00a_definitions.html'}
+    "The pages a new reader starts with, as `_quarto.yml` lists them."
+    first = yaml.safe_load((project_root() / '_quarto.yml').read_text())['website']['sidebar']['contents'][0]
+    return {Path(p).with_suffix('.html').name for p in first['contents']}
+
+def search_rank(entry:dict, # one entry of search.json
+                start:set, # from `start_pages`
+               ) -> int: # 0 a "Start here" page, 1 prose, 2 an API entry
+    "Where an entry belongs in the results among equally good matches."
+    if re.match(r'(?:def|class) \w', entry['text']): return 2
+    return 0 if entry['href'].split('#')[0] in start else 1
+
+def refine_search(site:Path, # a built site folder with its search.json
+                 ) -> Path: # the rewritten search.json
+    "Plain excerpts read from the pages, and a rank per entry (see above)."
+    index_path, start = Path(site) / 'search.json', start_pages()
+    entries, texts = json.loads(index_path.read_text()), {}
+    for entry in entries:
+        page, _, anchor = entry['href'].partition('#')
+        if page not in texts and (Path(site) / page).exists():
+            texts[page] = {m[1]: m[2] for m in _SECTION.finditer((Path(site) / page).read_text())}
+        body = texts.get(page, {}).get(anchor)
+        if body is not None: body = re.sub(r'<h\d[^>]*>.*?</h\d>', ' ', body, count=1, flags=re.S)
+        entry['text'] = plain_text(body if body is not None else entry['text'])
+        entry['rank'] = search_rank(entry, start)
+    index_path.write_text(json.dumps(entries, ensure_ascii=False))   # inside the staged site, which replaces the old one whole
+    return index_path
 
 # %% ../nbs/09_docs.ipynb #879c9cd2
 _DRAWS = re.compile(r'^[^#\n]*\bplt\.show\(\)', re.M)
@@ -338,6 +380,28 @@ def browse_site(site, # built site folder
     df['ok'] = ((df['status'] == 200) & (df['broken_images'] == 0) & (df['broken_links'] == '') & (df['shrunk_figures'] == 0)
                 & (df['wider_than_column'] == 0))
     return df
+
+# %% ../nbs/09_docs.ipynb #b736d2bb
+def search_site(site, # built site folder
+                queries:list, # what a reader types into the search box
+               ) -> dict: # query -> the results listed, in order: (link, excerpt) pairs
+    "Type each query into the site's search box in headless Chromium and read the results it lists."
+    exe = chromium_path()
+    if not exe: raise FileNotFoundError("no Chromium found: install Debian's `chromium` package to search the site in a browser")
+    found = {}
+    with serve(site) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={'width': 1280, 'height': 900})
+        page.goto(base + 'index.html', wait_until='load')
+        box = page.locator('#quarto-search input').first
+        for query in queries:
+            page.eval_on_selector('.smalldocs-search-results', 'r => r.innerHTML = ""')   # no result of the last query left
+            box.fill(query)
+            page.locator('.search-result').first.wait_for()
+            found[query] = page.eval_on_selector_all('.search-result', """links => links.map(a =>
+                [a.getAttribute('href').replace(/^[.][/]/, ''), a.querySelector('.search-result-text').textContent])""")
+        browser.close()
+    return found
 
 # %% ../nbs/09_docs.ipynb #aa0f2369
 RESULT_TABLE = Path('nbs/results/comparison_quick.csv')    # the last quick run's model_comparison.csv, kept for the README

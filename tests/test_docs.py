@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from k4_nbdev.data import fingerprint
-from k4_nbdev.docs import browse_site, check_site, chromium_path, docs_cli, render_readme, project_root
+from k4_nbdev.docs import browse_site, check_site, chromium_path, docs_cli, render_readme, project_root, search_site
 
 
 def test_readme_is_current():
@@ -99,3 +99,14 @@ def test_docs_never_replaces_its_inputs(tiny_run, tmp_path, where):
     line = e.value.code
     assert isinstance(line, str) and line.startswith(f'k4-docs: --out {out} ') and f'--run {run}' in line and '\n' not in line
     assert (fingerprint(run), fingerprint(project_root() / 'nbs'), (project_root() / 'README.md').read_bytes()) == before
+
+
+def test_search_lists_the_definitions_first_with_plain_excerpts(tiny_site):
+    "Typed into the site's search box: a defined term reaches its definition first; excerpts carry no markdown."
+    if not chromium_path():
+        pytest.skip("Chromium is not installed (Debian package `chromium`; `make test` installs it)")
+    hits = search_site(tiny_site, ['race labels', 'K4', 'read_store'])
+    assert hits['race labels'][0][0] == '00a_definitions.html#labels'
+    assert '00a_definitions.html#classes' in [link for link, _ in hits['K4'][:10]], hits['K4']
+    assert hits['read_store'][0][0] == '00_data.html#read_store'
+    assert not any('`' in text or '](' in text for found in hits.values() for _, text in found)
