@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from k4_nbdev.data import SCALES, synthetic_market, write_store, fingerprint
-from k4_nbdev.patterns import market_snapshots, write_table
+from k4_nbdev.core import fingerprint
+from k4_nbdev.data import SCALES, synthetic_market, write_store
+from k4_nbdev.core import write_table
+from k4_nbdev.patterns import market_snapshots
 from k4_nbdev.sequences import (BAR_FEATURES, bar_features, finalize, market_sequences, pattern_positions,
                                 window_features)
 

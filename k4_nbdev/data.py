@@ -4,40 +4,26 @@
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'SCALES', 'PRECURSOR_KNOBS',
-           'TIGHTENING_FACTOR_MAX', 'EPISODE_COLUMNS', 'TRUTH_COLUMNS', 'PRECURSORS', 'REAL_SOURCES', 'USER_ERRORS',
-           'SCHEDULERS', 'SCALE_EXTRA', 'TRUTH_FILE', 'OHLCVError', 'validate_ohlcv', 'parse_dates', 'normalise_ohlcv',
-           'atomic_write', 'fingerprint', 'write_store', 'list_tickers', 'read_store', 'StoreFrames', 'MarketParams',
-           'scaled_precursors', 'synthetic_market', 'episode_truth', 'episode_precursors', 'real_samples',
-           'stylized_facts', 'UsageError', 'check_flag', 'check_outputs', 'os_error_line', 'command', 'progress_bar',
-           'reader_number', 'reader_display', 'check_scheduler', 'job_map', 'load_source', 'write_synthetic_store',
-           'build_store', 'plot_ticker', 'plot_episodes', 'synthetic_market_cli', 'real_samples_cli', 'check_ohlcv_cli']
+           'TIGHTENING_FACTOR_MAX', 'EPISODE_COLUMNS', 'TRUTH_COLUMNS', 'PRECURSORS', 'REAL_SOURCES', 'TRUTH_FILE',
+           'OHLCVError', 'validate_ohlcv', 'parse_dates', 'normalise_ohlcv', 'write_store', 'list_tickers',
+           'read_store', 'StoreFrames', 'MarketParams', 'scaled_precursors', 'synthetic_market', 'episode_truth',
+           'episode_precursors', 'real_samples', 'stylized_facts', 'load_source', 'write_synthetic_store',
+           'build_store', 'plot_ticker', 'plot_episodes', 'synthetic_market_cli', 'real_samples_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
-import argparse
-import errno
-import hashlib
-import inspect
 import os
-import re
-import sys
-import tempfile
-import warnings
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from functools import wraps
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Literal, get_args, get_origin
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastcore.docments import docments
+
+from .core import atomic_write, check_flag, check_scheduler, command, job_map, same_or_inside, UsageError
 
 # %% ../nbs/00_data.ipynb #a6351fb8
 OHLCV_COLUMNS = ['date', 'open', 'high', 'low', 'close', 'volume']
@@ -145,36 +131,6 @@ def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
         if getattr(dates.dt, 'tz', None) is None: dates = dates.dt.normalize()
         df['date'] = dates
     return df
-
-# %% ../nbs/00_data.ipynb #05fc6526
-@contextmanager
-def atomic_write(path, # final path of the file
-                ):
-    "Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0); os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes the file private; give it the permissions of a normal file
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-def fingerprint(path, # a file, or a folder whose files are hashed in name order
-               ) -> str: # sha256 hex digest
-    "Hash a file's bytes, or a folder's relative file names and bytes, into one sha256 digest."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"cannot fingerprint {path}: it does not exist")
-    files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        if path.is_dir(): h.update(str(f.relative_to(path)).encode())
-        with open(f, 'rb') as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
 
 # %% ../nbs/00_data.ipynb #5d226a8c
 _STORE_SUFFIXES = ('.parquet', '.csv')
@@ -599,138 +555,6 @@ def stylized_facts(frames:dict, # ticker -> OHLCV frame
                      'share |r| > 10%': float((a > np.log(1.1)).mean())})
     return pd.DataFrame(rows).mean()
 
-# %% ../nbs/00_data.ipynb #6d16d645
-class UsageError(ValueError):
-    "A flag value a command cannot work with; the message names the flag."
-
-def check_flag(ok:bool, # whether the value is acceptable
-               flag:str, # the flag, e.g. '--epochs'
-               value, # the value given
-               need:str, # what is needed, e.g. 'at least 1'
-              ):
-    "Raise a `UsageError` naming the flag unless `ok`."
-    if not ok: raise UsageError(f"{flag} must be {need}, got {value!r}")
-
-def _same_or_inside(path:Path, other:Path) -> bool:
-    return path == other or other in path.parents
-
-def check_outputs(outputs:dict, # flag -> output path (None: not written)
-                  inputs:dict, # flag -> input path (None: not given)
-                 ):
-    "Refuse an output that is, or lies inside, one of the inputs (resolving links and relative paths)."
-    for oflag, out in outputs.items():
-        if out is None: continue
-        o = Path(out).resolve()
-        for iflag, inp in inputs.items():
-            if inp is not None and _same_or_inside(o, Path(inp).resolve()):
-                raise UsageError(f"{oflag} {out} would overwrite the input {iflag} {inp}: write the output somewhere else")
-
-def os_error_line(e:OSError) -> str:
-    "One line for an expected OS error: what failed, on which path, and why."
-    why = {errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted', errno.ENOSPC: 'no space left on the device',
-           errno.EROFS: 'read-only file system', errno.ENOENT: 'no such file or folder', errno.EISDIR: 'is a folder, not a file',
-           errno.ENOTDIR: 'a part of the path is not a folder'}.get(e.errno, e.strerror or type(e).__name__)
-    where = ' -> '.join(str(p) for p in (e.filename, e.filename2) if p)
-    return f"{where}: {why}" if where else str(e) or why
-
-USER_ERRORS = (ValueError, KeyError, OSError)   # OHLCVError and UsageError are ValueErrors
-
-def _flag_kwargs(d) -> dict:
-    "argparse keywords of one docmented argument."
-    kw, anno, default = {'help': (d.docment or '').replace('%', '%%')}, d.anno, d.default   # argparse formats help with %
-    if get_origin(anno) is Literal: kw['choices'] = list(get_args(anno)); anno = type(kw['choices'][0])
-    if anno is bool and default is False: return {'help': kw['help'], 'action': 'store_true'}
-    if anno in (int, float, str): kw['type'] = anno
-    if default is inspect.Parameter.empty: kw['required'] = True
-    else:
-        kw['default'] = default
-        if default is not None and default != '': kw['help'] += f' (default: {default})'
-    return kw
-
-def command(prog:str, # the console script's name, e.g. 'k4-patterns'
-            positional:tuple=(), # arguments given by position instead of as --flags
-           ): # decorator: func -> main(argv=None)
-    "Make a console script of a function: flags from its signature and docments, one-line user errors, `--debug`."
-    def decorate(func):
-        @wraps(func)
-        def main(argv:list=None): # command-line arguments (default: sys.argv[1:])
-            p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
-            for name, d in docments(func, full=True, returns=False).items():
-                if name in positional: p.add_argument(name, **{k: v for k, v in _flag_kwargs(d).items() if k != 'required'})
-                else: p.add_argument('--' + name.replace('_', '-'), dest=name, **_flag_kwargs(d))
-            p.add_argument('--debug', action='store_true', help='show the traceback of an error (for a bug report)')
-            args = vars(p.parse_args(argv))
-            debug = args.pop('debug')
-            try: return func(**args)
-            except USER_ERRORS as e:
-                if debug: raise
-                text = os_error_line(e) if isinstance(e, OSError) else (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
-                sys.exit(f"{prog}: " + '; '.join(line.strip() for line in str(text).splitlines() if line.strip()))
-        main.__wrapped__ = func
-        return main
-    return decorate
-
-def progress_bar(*args, # passed to tqdm (an iterable, or nothing with total=)
-                 show:bool=True, # the caller's switch (e.g. its `progress` argument)
-                 **kwargs, # passed to tqdm: total, desc, unit, leave
-                ) -> tqdm:
-    "A progress bar on a terminal only: in a notebook, a papermill run or a log file it is silent (no widget warning, no carriage-return lines)."
-    return tqdm(*args, disable=not (show and sys.stderr.isatty()), **kwargs)
-
-def reader_number(v:float) -> str:
-    "A float as a reader takes it in: three significant digits, or whole with thousands separated from 100 up."
-    return f'{v:,.0f}' if abs(v) >= 100 else f'{v:.3g}'
-
-def reader_display():
-    "Frames as the pages show them: floats by `reader_number`, at most 8 columns and 30 rows (the rest is in the file)."
-    pd.set_option('display.float_format', reader_number)
-    pd.set_option('display.max_columns', 8); pd.set_option('display.max_rows', 30)
-
-# %% ../nbs/00_data.ipynb #1f3f023f
-SCHEDULERS = ('processes', 'dask')                 # or the address of a running Dask scheduler, tcp://host:port
-SCALE_EXTRA = "pip install 'k4_nbdev[scale]'"
-
-def check_scheduler(scheduler:str, # 'processes', 'dask' or 'tcp://host:port'
-                    given_as:str='--scheduler', # how the user gave it, for the message (the pipeline: '-p scheduler')
-                   ) -> str: # the scheduler, checked
-    "Raise a `UsageError` naming `given_as` unless the per-ticker stages can use it (Dask installed when asked for)."
-    ok = scheduler in SCHEDULERS or bool(re.fullmatch(r'tcp://[A-Za-z0-9_.\-]+:\d{1,5}', str(scheduler)))
-    check_flag(ok, given_as, scheduler, "'processes', 'dask' or the address of a Dask scheduler, tcp://host:port")
-    if scheduler != 'processes':
-        try: import distributed
-        except ImportError:
-            raise UsageError(f"{given_as} {scheduler} needs Dask, which is not installed: {SCALE_EXTRA}") from None
-    return scheduler
-
-@contextmanager
-def job_map(scheduler:str='processes', # 'processes', 'dask' or 'tcp://host:port' (see `check_scheduler`)
-            workers:int=1, # processes: pool size (1: serial, in this process); dask: worker processes of the local cluster
-           ): # yields run(fn, jobs, chunksize=1): an iterator over fn(job) in the order of `jobs`
-    "Map a picklable function over jobs on the chosen scheduler; whatever was started is closed on exit."
-    check_scheduler(scheduler)
-    if scheduler == 'processes':
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
-        try: yield lambda fn, jobs, chunksize=1: pool.map(fn, jobs, chunksize=chunksize) if pool else map(fn, jobs)
-        finally:
-            if pool: pool.shutdown(cancel_futures=True)
-        return
-    from distributed import Client, LocalCluster
-    with ExitStack() as stack:
-        if scheduler == 'dask':
-            with warnings.catch_warnings():   # no dashboard; its HTTP port is taken when another cluster runs: not news
-                warnings.filterwarnings('ignore', message='Port .* is already in use')
-                cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                           dashboard_address=None))
-            client = stack.enter_context(Client(cluster))
-        else:
-            try: client = stack.enter_context(Client(scheduler))
-            except (OSError, TimeoutError) as e:
-                raise UsageError(f"--scheduler {scheduler}: no Dask scheduler answers there ({e}); start one or give another address") from None
-        def run(fn, jobs, chunksize=1):
-            futures = client.map(fn, list(jobs), pure=False)[::-1]
-            while futures: yield futures.pop().result()   # in job order; a result leaves the cluster once taken
-        yield run
-
 # %% ../nbs/00_data.ipynb #5b72fbca
 TRUTH_FILE = 'episodes.parquet'  # the synthetic market's answer key, in the run folder (never inside the store)
 
@@ -865,7 +689,7 @@ def synthetic_market_cli(output:str, # store folder to write (a new folder, or o
     check_flag(np.isfinite(precursor_strength) and precursor_strength >= 0, '--precursor-strength', precursor_strength, 'a number >= 0')
     check_scheduler(scheduler)
     params = scaled_precursors(precursor_strength)
-    if episodes is not None and _same_or_inside(Path(episodes).resolve(), Path(output).resolve()):
+    if episodes is not None and same_or_inside(Path(episodes).resolve(), Path(output).resolve()):
         raise UsageError(f"--episodes {episodes} lies inside the store --output {output}: it would be read as a ticker")
     if Path(output).suffix == '.parquet':   # one long file: the market is built whole, in this process
         frames, truth = synthetic_market(n_tickers, n_days, seed, params=params, with_episodes=True)
@@ -885,21 +709,3 @@ def real_samples_cli(output:str, # store folder to write
     frames = real_samples()
     path = write_store(frames, output)
     print(f"wrote {len(frames)} real tickers ({', '.join(frames)}) to {path}")
-
-@command('k4-check-ohlcv', positional=('store',))
-def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
-                    drop:bool=False, # report the rows that on_error='drop' removes instead of failing
-                   ):
-    "Validate every ticker of an OHLCV store; exit 1 on bad data unless `--drop`."
-    reports = []
-    try: frames = read_store(store, on_error='drop' if drop else 'raise', reports=reports)
-    except OHLCVError as e: raise OHLCVError(f"{store}: {e}") from None
-    print(f"{store}: {len(frames)} tickers, {sum(map(len, frames.values())):,} valid bars")
-    from k4_nbdev.patterns import too_short   # the pattern stage owns the minimum length (patterns imports this module)
-    short = [why for t, f in frames.items() if (why := too_short(f, t))]
-    if short: print(f"warning: {len(short)} ticker(s) can never form a pattern:\n  " + '\n  '.join(short))
-    if reports:
-        report = pd.concat(reports, ignore_index=True)
-        print(f"--drop: {report.groupby('ticker')['row'].nunique().sum()} rows would be dropped "
-              f"({len(report)} rule violations); the store itself is unchanged:")
-        print(report.groupby(['ticker', 'rule']).size().rename('count').reset_index().to_string(index=False))

@@ -38,7 +38,7 @@ try:   # the `docs` extra; without it k4-docs ends in one line naming the extra 
     _docs_missing = None
 except ImportError as e: _docs_missing = e.name or str(e)
 
-from .data import UsageError, atomic_write, check_outputs, command
+from .core import atomic_write, check_outputs, command, UsageError
 from .pipeline import run_stage
 from .validate import COMPARISON_FILE, headline_display, headline_sentence, md_table, plot_headline, save_figure
 
@@ -47,7 +47,7 @@ def project_root() -> Path:
     "The folder holding settings.ini (nbdev's config path)."
     return Path(get_config().config_path)
 
-READER_PAGES = ['00a_definitions', '00b_reference', '08a_scaling']   # executed by the docs build of a run: seconds each
+READER_PAGES = ['00_core', '00a_definitions', '00b_reference', '08a_scaling']   # executed by the docs build of a run: seconds each
 
 def stage_sources(dest:Path, # empty staging folder
                   run_dir:Path=None, # a pipeline run whose executed notebooks replace the clean ones

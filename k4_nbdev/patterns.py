@@ -9,14 +9,11 @@ __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_M
            'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'trailing_rank', 'bbw_percentile',
            'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs',
            'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots',
-           'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix',
-           'frames_fingerprint', 'with_provenance', 'write_table', 'read_metadata', 'load_frames',
+           'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'load_frames',
            'qualification_summary', 'no_pattern_message', 'run_patterns', 'build_snapshots', 'bench_calibration',
-           'patterns_cli']
+           'patterns_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
-import hashlib
-import json
 import os
 import sys
 import warnings
@@ -26,15 +23,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
 
 import k4_nbdev
 from .definitions import CLASS_NAMES, K4, K5
-from .data import (OHLCVError, MarketParams, UsageError, atomic_write, check_flag, check_outputs, check_scheduler, progress_bar,
-                           command, episode_truth, fingerprint, job_map, list_tickers, load_source, read_store,
-                           validate_ohlcv, StoreFrames)
+from .core import (check_flag, check_outputs, check_scheduler, command, fingerprint, frames_fingerprint,
+                           job_map, progress_bar, UsageError, write_table)
+from .data import (episode_truth, list_tickers, load_source, MarketParams, OHLCVError, read_store, StoreFrames,
+                           validate_ohlcv)
 
 # %% ../nbs/01_patterns.ipynb #05ee0586
 INDICATOR_COLUMNS = ['bbw_20', 'bbw_percentile', 'adx_14', 'volume_ratio_20', 'range_ratio']
@@ -431,39 +427,6 @@ def plot_class_mix(tables:dict, # name -> `class_mix` table
     ax.figure.tight_layout()
     return ax.figure
 
-# %% ../nbs/01_patterns.ipynb #8ada31f5
-def frames_fingerprint(frames:dict, # ticker -> OHLCV frame
-                      ) -> str: # sha256 hex digest of the tickers and their values
-    "Fingerprint of in-memory OHLCV frames (for a generated market that is not a store on disk)."
-    h = hashlib.sha256()
-    for t in sorted(frames):
-        h.update(t.encode())
-        h.update(pd.util.hash_pandas_object(frames[t], index=False).to_numpy().tobytes())
-    return h.hexdigest()
-
-def with_provenance(schema:pa.Schema, # a table's schema
-                    metadata:dict, # JSON-serialisable provenance
-                   ) -> pa.Schema: # the schema with the provenance under the key `k4_nbdev` (other metadata kept)
-    "Attach k4_nbdev provenance to a parquet schema: the one way every artifact records where it came from."
-    return schema.with_metadata({**(schema.metadata or {}), b'k4_nbdev': json.dumps(metadata, default=str).encode()})
-
-def write_table(df:pd.DataFrame, # table to write
-                path, # parquet file
-                metadata:dict, # JSON-serialisable provenance stored under the key `k4_nbdev`
-               ) -> Path: # the path written
-    "Write `df` to parquet atomically with provenance in its key-value metadata."
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    with atomic_write(path) as tmp: pq.write_table(table.replace_schema_metadata(with_provenance(table.schema, metadata).metadata), tmp)
-    return Path(path)
-
-def read_metadata(path, # parquet file written by `write_table`
-                  required:bool=True, # raise KeyError when the file has none; False: return {}
-                 ) -> dict: # the provenance stored under `k4_nbdev`
-    "The provenance metadata of a k4_nbdev parquet file."
-    recorded = (pq.read_schema(path).metadata or {}).get(b'k4_nbdev')
-    if recorded is None and required: raise KeyError(f"{path} records no k4_nbdev provenance")
-    return json.loads(recorded) if recorded is not None else {}
-
 # %% ../nbs/01_patterns.ipynb #d42e6366
 def load_frames(ohlcv_store=None, # OHLCV store (folder or long parquet); None: the synthetic market at `scale`
                 scale:str='quick', # synthetic preset (a key of `SCALES`) when `ohlcv_store` is None
@@ -601,3 +564,20 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
                                        progress=sys.stderr.isatty(), scheduler=scheduler)
     print(f"{len(frames)} tickers -> {len(patterns):,} patterns, {len(snapshots):,} snapshots "
           f"({snapshots['outcome_class'].notna().sum():,} labelled) -> {output}")
+
+@command('k4-check-ohlcv', positional=('store',))
+def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
+                    drop:bool=False, # report the rows that on_error='drop' removes instead of failing
+                   ):
+    "Validate every ticker of an OHLCV store; exit 1 on bad data unless `--drop`."
+    reports = []
+    try: frames = read_store(store, on_error='drop' if drop else 'raise', reports=reports)
+    except OHLCVError as e: raise OHLCVError(f"{store}: {e}") from None
+    print(f"{store}: {len(frames)} tickers, {sum(map(len, frames.values())):,} valid bars")
+    short = [why for t, f in frames.items() if (why := too_short(f, t))]
+    if short: print(f"warning: {len(short)} ticker(s) can never form a pattern:\n  " + '\n  '.join(short))
+    if reports:
+        report = pd.concat(reports, ignore_index=True)
+        print(f"--drop: {report.groupby('ticker')['row'].nunique().sum()} rows would be dropped "
+              f"({len(report)} rule violations); the store itself is unchanged:")
+        print(report.groupby(['ticker', 'rule']).size().rename('count').reset_index().to_string(index=False))

@@ -31,7 +31,9 @@ import torch
 from jupyter_client.manager import AsyncKernelManager
 
 import k4_nbdev
-from .data import SCALES, UsageError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint
+from .core import atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, UsageError
+from .data import SCALES
+from .validate import COMPARISON_FILE, headline_display, headline_sentence
 from .model import BACKENDS, MODEL_SIZES
 
 # %% ../nbs/08_pipeline.ipynb #b90dfd41
@@ -104,7 +106,7 @@ class IPCKernelManager(AsyncKernelManager):
     async def start_kernel(self, **kw):
         "Start the kernel with matplotlib's inline backend, whatever MPLBACKEND the caller's environment sets."
         env = {**(kw.pop('env', None) or os.environ), 'MPLBACKEND': INLINE_BACKEND}
-        setup = '--InteractiveShellApp.exec_lines=from k4_nbdev.data import reader_display; reader_display()'   # frames as pages show them
+        setup = '--InteractiveShellApp.exec_lines=from k4_nbdev.core import reader_display; reader_display()'   # frames as pages show them
         return await super().start_kernel(env=env, extra_arguments=[*(kw.pop('extra_arguments', None) or []), setup], **kw)
 
 def run_stage(stage:str, # stage notebook name
@@ -272,7 +274,6 @@ def summarise(record:dict) -> str:
              f"run record:         {run_dir / 'run.json'}"]
     lines += [f"  {s:<12} {v['status']:<6} {v.get('seconds', 0):7.1f} s" for s, v in record['stages'].items()]
     if (run_dir / 'validation_report.md').exists(): lines.append(f"validation report:  {run_dir / 'validation_report.md'}")
-    from k4_nbdev.validate import COMPARISON_FILE, headline_display, headline_sentence   # written by 05_train (`write_comparison`)
     comparison = run_dir / COMPARISON_FILE
     if comparison.exists():
         table = pd.read_csv(comparison, index_col=0)

@@ -19,15 +19,16 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import (StoreFrames, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint,
-                           job_map, read_store)
-from .definitions import (CLASS_NAMES, K4, K5, K5_AVOID, PROB_COLUMNS, SIGNAL_LEVELS, SIGNALS, assign_signals,
-                                  expected_value)
+from .core import (atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, job_map,
+                           write_table)
+from .data import StoreFrames
+from .definitions import (assign_signals, CLASS_NAMES, expected_value, K5, K5_AVOID, PROB_COLUMNS,
+                                  SIGNAL_LEVELS, SIGNALS)
 from .model import MODEL_SIZES
-from .patterns import SNAPSHOT_COLUMNS, find_patterns, indicators, qualifies, write_table
-from .scoring import (apply_scaler, check_dates, check_device, load_checkpoint, model_from_checkpoint, predict_proba,
-                              sequences_provenance)
-from .sequences import FEATURES, check_finite, read_sequences, ticker_sequences
+from .patterns import find_patterns, indicators, qualifies, SNAPSHOT_COLUMNS
+from .scoring import (apply_scaler, check_dates, check_device, load_checkpoint, model_from_checkpoint,
+                              predict_proba, sequences_provenance)
+from .sequences import check_finite, FEATURES, read_sequences, ticker_sequences
 
 
 # %% ../nbs/06_predict.ipynb #bfbf8bc6

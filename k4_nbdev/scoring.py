@@ -18,9 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .data import UsageError, atomic_write, check_flag
+from .core import atomic_write, check_flag, read_metadata, UsageError
 from .model import create_mamba_attention_model
-from .patterns import read_metadata
 from .sequences import FEATURES
 
 # %% ../nbs/04a_scoring.ipynb #9c473937

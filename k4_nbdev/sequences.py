@@ -31,10 +31,11 @@ import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
 
 import k4_nbdev
-from .data import (OHLCVError, atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, job_map, progress_bar,
-                           read_store, StoreFrames)
-from .patterns import (CLASS_COLORS, CLASS_NAMES, SNAPSHOT_COLUMNS, frames_fingerprint, trailing_rank, true_range, with_provenance,
-                               indicators, read_metadata, rolling_mean, rolling_std, safe_ratio, valid_channel)
+from .core import (atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint,
+                           frames_fingerprint, job_map, progress_bar, read_metadata, with_provenance)
+from .data import OHLCVError, read_store, StoreFrames
+from .patterns import (CLASS_COLORS, CLASS_NAMES, indicators, rolling_mean, rolling_std, safe_ratio,
+                               SNAPSHOT_COLUMNS, trailing_rank, true_range, valid_channel)
 
 # %% ../nbs/02_sequences.ipynb #6178ee82
 FEATURES = [

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import k4_nbdev
 from .data import build_store
-from .definitions import K4, PROB_COLUMNS, assign_signals, expected_value
+from .definitions import assign_signals, expected_value, K4, PROB_COLUMNS
 from .patterns import build_snapshots
 from .sequences import bar_features, build_sequences, read_sequences, sequence_table
 from .train import fit_model, load_training_data

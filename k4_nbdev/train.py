@@ -38,14 +38,15 @@ import torch
 import torch.distributed as dist
 
 import k4_nbdev
-from .data import UsageError, _same_or_inside, atomic_write, check_flag, check_outputs, command, fingerprint, progress_bar
-from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES, STRONG_CLASSES, VALUES, expected_value
-from .loss import LOSSES, CLASS_WEIGHTS, make_loss
-from .model import BACKENDS, MODEL_SIZES, create_mamba_attention_model, resolve_backend
-from .scoring import (CHECKPOINT_FORMAT, apply_scaler, calibrated_proba, relative_inputs, check_dates, check_device, fit_scaler, fit_scaler_pieces, load_checkpoint,
-                              model_from_checkpoint, predict_logits, predict_proba, save_checkpoint, scale_relative,
-                              sequences_provenance)
-from .sequences import FEATURES, NonFiniteError, check_finite, read_sequences, table_sequences
+from .core import (atomic_write, check_flag, check_outputs, command, fingerprint, progress_bar, same_or_inside,
+                           UsageError)
+from .definitions import CLASS_NAMES, expected_value, K4, STRATEGIC_VALUES, STRONG_CLASSES, VALUES
+from .loss import CLASS_WEIGHTS, LOSSES, make_loss
+from .model import BACKENDS, create_mamba_attention_model, MODEL_SIZES, resolve_backend
+from .scoring import (apply_scaler, calibrated_proba, check_dates, check_device, CHECKPOINT_FORMAT, fit_scaler,
+                              fit_scaler_pieces, load_checkpoint, model_from_checkpoint, predict_logits, predict_proba,
+                              relative_inputs, save_checkpoint, scale_relative, sequences_provenance)
+from .sequences import check_finite, FEATURES, NonFiniteError, read_sequences, table_sequences
 
 
 # %% ../nbs/05_train.ipynb #b1a1e7e5
@@ -896,7 +897,7 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
              ):
     "Train MambaAttention on a sequences file with the purged temporal split (on several processes under torchrun)."
     check_outputs({'--output-dir': output_dir}, {'--sequences': sequences})
-    if _same_or_inside(Path(sequences).resolve(), Path(output_dir).resolve()):
+    if same_or_inside(Path(sequences).resolve(), Path(output_dir).resolve()):
         raise UsageError(f"--output-dir {output_dir} contains the input --sequences {sequences}: give the model its own folder")
     check_settings(epochs, batch_size, learning_rate, patience, k4_weight, model_size, backend, loss, split_ratio)
     check_flag(0 < inner_ratio < 1, '--inner-ratio', inner_ratio, 'strictly between 0 and 1')

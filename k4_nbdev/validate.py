@@ -43,19 +43,19 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .data import (TRUTH_COLUMNS, TRUTH_FILE, MarketParams, UsageError, _same_or_inside, atomic_write, check_flag,
-                          check_outputs, command, episode_truth, fingerprint, read_store)
-from .definitions import (AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES, assign_signals,
-                                  expected_value)
+from .core import (atomic_write, check_flag, check_outputs, command, fingerprint, read_metadata,
+                           same_or_inside, UsageError)
+from .data import episode_truth, MarketParams, read_store, TRUTH_COLUMNS, TRUTH_FILE
+from .definitions import (assign_signals, AVOIDED_CLASSES, CLASS_NAMES, expected_value, K4, PROB_COLUMNS,
+                                  SIGNALS, STRONG_CLASSES, VALUES)
 from .loss import LOSSES
 from .model import MODEL_SIZES
-from .patterns import read_metadata
-from .predict import SIGNAL_COLORS, predict
-from .sequences import FEATURES, audit_sequences, bar_features, read_sequences
+from .predict import SIGNAL_COLORS
+from .sequences import audit_sequences, bar_features, FEATURES, read_sequences
 from .scoring import load_checkpoint
-from .train import (PRECURSOR, RECIPE, SplitError, average_precision, check_settings, checkpoint_probs,
-                            classification_metrics, fit_model, fold_data, lightgbm_baseline, load_training_data, per_class_table,
-                            pattern_bars, precursor_baseline, rank_order, row_mean, row_slope, walk_forward_folds)
+from .train import (average_precision, check_settings, checkpoint_probs, classification_metrics, fit_model,
+                            fold_data, lightgbm_baseline, load_training_data, pattern_bars, per_class_table, PRECURSOR,
+                            precursor_baseline, rank_order, RECIPE, row_mean, row_slope, SplitError, walk_forward_folds)
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -1549,7 +1549,7 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
     sizes, loss_names = _numbers(model_sizes, '--model-sizes', str), _numbers(losses, '--losses', str)
     for flag, given, allowed in [('--losses', loss_names, LOSSES), ('--model-sizes', sizes + [model_size], MODEL_SIZES)]:
         if bad := [v for v in given if v not in allowed]: raise UsageError(f"{flag}: {bad} not among {list(allowed)}")
-    check_flag(not _same_or_inside(Path(sequences).resolve(), out.resolve()), '--output-dir', output_dir,
+    check_flag(not same_or_inside(Path(sequences).resolve(), out.resolve()), '--output-dir', output_dir,
                'a folder that does not hold --sequences (the models and tables would mix with the inputs)')
     check_settings(epochs, batch_size, learning_rate, 1, k4_weight, model_size)
     variants = evaluation_variants(loss_names, _numbers(k4_weights, '--k4-weights'), sizes, not no_lightgbm, model_size=model_size,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from k4_nbdev.data import fingerprint
+from k4_nbdev.core import fingerprint
 from k4_nbdev.docs import build_docs
 from k4_nbdev.pipeline import STAGES
 from k4_nbdev.testing import built_once, shared_run

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from k4_nbdev.core import fingerprint, atomic_write
 from k4_nbdev.data import (OHLCV_COLUMNS, OHLCVError, SCALES, REAL_SOURCES, TRUTH_FILE, PRECURSORS, validate_ohlcv,
-                           normalise_ohlcv, read_store, write_store, list_tickers, fingerprint, synthetic_market, real_samples,
-                           atomic_write, stylized_facts, episode_truth, episode_precursors, build_store, MarketParams)
+                           normalise_ohlcv, read_store, write_store, list_tickers, synthetic_market, real_samples,
+                           stylized_facts, episode_truth, episode_precursors, build_store, MarketParams)
 
 BIN = Path(sys.executable).parent
 

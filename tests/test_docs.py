@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from k4_nbdev.data import fingerprint
+from k4_nbdev.core import fingerprint
 from k4_nbdev.docs import browse_site, check_site, chromium_path, docs_cli, render_readme, project_root, search_site
 
 

@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from k4_nbdev.data import OHLCVError, MarketParams, synthetic_market, write_store, fingerprint
-from k4_nbdev.patterns import (CALIBRATION_TARGETS, LABEL_COLUMNS, bench_calibration, SNAPSHOT_COLUMNS, adx, bollinger_width, find_patterns, indicators,
-                               label_snapshots, market_snapshots, patterns_cli, qualifies, qualifying_runs, read_metadata,
-                               take_snapshots, ticker_snapshots, valid_channel)
+from k4_nbdev.core import fingerprint
+from k4_nbdev.data import OHLCVError, MarketParams, synthetic_market, write_store
+from k4_nbdev.core import read_metadata
+from k4_nbdev.patterns import (CALIBRATION_TARGETS, LABEL_COLUMNS, bench_calibration, SNAPSHOT_COLUMNS, adx,
+                               bollinger_width, find_patterns, indicators, label_snapshots, market_snapshots,
+                               patterns_cli, qualifies, qualifying_runs, take_snapshots, ticker_snapshots,
+                               valid_channel)
 from k4_nbdev.testing import exit_of
 
 

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import k4_nbdev.pipeline as pipeline
-from k4_nbdev.data import build_store, fingerprint, write_store, synthetic_market
+from k4_nbdev.core import fingerprint
+from k4_nbdev.data import build_store, write_store, synthetic_market
 from k4_nbdev.pipeline import ARTIFACTS, LOCK_FILE, STAGES, StageError, nbs_dir, pipeline_cli, run_pipeline, stage_parameters
 from k4_nbdev.scoring import load_checkpoint
 from k4_nbdev.testing import standalone_inputs

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from k4_nbdev.data import fingerprint, read_store
-from k4_nbdev.patterns import read_metadata
+from k4_nbdev.core import fingerprint
+from k4_nbdev.data import read_store
+from k4_nbdev.core import read_metadata
 from k4_nbdev.predict import (SCAN_COLUMNS, predict,
                               predict_cli, prediction_summary, prediction_table, scan, scan_cli, score_sequences)
 from k4_nbdev.sequences import FEATURES

@@ -6,7 +6,8 @@ import sys
 import pandas as pd
 import pytest
 
-from k4_nbdev.data import SCALE_EXTRA, StoreFrames, check_scheduler, read_store
+from k4_nbdev.core import SCALE_EXTRA, check_scheduler
+from k4_nbdev.data import StoreFrames, read_store
 from k4_nbdev.patterns import build_snapshots, market_snapshots, patterns_cli
 from k4_nbdev.sequences import (SequenceInputError, build_sequences, build_sequences_cli, iter_sequences, write_sequences,
                                 write_sequences_in_parts)
@@ -151,7 +152,8 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(inputs, tmp_path):
 
 def test_dask_market_store_is_byte_identical(cluster, inputs, tmp_path):
     "The synthetic store and its answer key, written chunk by chunk on the cluster or a pool, are the serial bytes."
-    from k4_nbdev.data import SCALES, TRUTH_FILE, build_store, fingerprint, write_synthetic_store
+    from k4_nbdev.core import fingerprint
+    from k4_nbdev.data import SCALES, TRUTH_FILE, build_store, write_synthetic_store
     snaps, store, _ = inputs   # written by the serial `build_store` (tiny, seed 0)
     serial_truth = (snaps.parent / TRUTH_FILE).read_bytes()
     assert build_store(tmp_path / 'run', 'synthetic', 'tiny', 0, scheduler=cluster, workers=2) == tmp_path / 'run' / 'ohlcv'

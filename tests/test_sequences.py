@@ -5,8 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 
-from k4_nbdev.data import SCALES, fingerprint, synthetic_market, write_store
-from k4_nbdev.patterns import indicators, market_snapshots, read_metadata, write_table
+from k4_nbdev.core import fingerprint
+from k4_nbdev.data import SCALES, synthetic_market, write_store
+from k4_nbdev.core import read_metadata, write_table
+from k4_nbdev.patterns import indicators, market_snapshots
 from k4_nbdev.sequences import (FEATURES, SequenceInputError, TemporalIntegrityError, audit_sequences, bar_features,
                                 build_sequences, build_sequences_cli, check_snapshots, market_sequences,
                                 read_sequences, ticker_sequences, validate_sequences, write_sequences)

@@ -13,7 +13,7 @@ import torch
 
 import pyarrow.parquet as pq
 
-from k4_nbdev.data import fingerprint
+from k4_nbdev.core import fingerprint
 from k4_nbdev.sequences import FEATURES
 from k4_nbdev.scoring import apply_scaler, calibrated_proba, fit_scaler, load_checkpoint, model_from_checkpoint, predict_proba
 from k4_nbdev.train import (SplitError, purged_split, train, classification_metrics, walk_forward_folds,

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 import k4_nbdev
-from k4_nbdev.data import MarketParams, fingerprint, read_store, synthetic_market, write_store
-from k4_nbdev.patterns import read_metadata, write_table
+from k4_nbdev.core import fingerprint
+from k4_nbdev.data import MarketParams, read_store, synthetic_market, write_store
+from k4_nbdev.core import read_metadata, write_table
 from k4_nbdev.definitions import PROB_COLUMNS, expected_value
 from k4_nbdev.predict import predict
 from k4_nbdev.patterns import market_snapshots
