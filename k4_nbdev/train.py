@@ -4,10 +4,9 @@
 
 # %% auto #0
 __all__ = ['RECIPE', 'RUN_FILES', 'CHUNK_ROWS', 'CACHE_DIR', 'WINDOW_STATS', 'PRECURSOR_STATS', 'PRECURSOR', 'Recipe',
-           'SplitError', 'purged_split', 'split_table', 'walk_forward_folds', 'selection_split', 'rank_order',
-           'average_precision', 'per_class_table', 'ev_correlation', 'classification_metrics', 'calibration_error',
-           'fit_calibration', 'param_groups', 'check_settings', 'load_resume', 'epoch_order', 'warmup_cosine', 'train',
-           'calibrate', 'processes', 'shard', 'fold_data', 'load_training_data', 'fit_model', 'checkpoint_probs',
+           'SplitError', 'purged_split', 'split_table', 'walk_forward_folds', 'selection_split', 'fit_calibration',
+           'param_groups', 'check_settings', 'load_resume', 'epoch_order', 'warmup_cosine', 'train', 'calibrate',
+           'processes', 'shard', 'fold_data', 'load_training_data', 'fit_model', 'checkpoint_probs',
            'read_sequence_meta', 'sequence_chunks', 'write_scaled', 'open_scaled', 'scaled_sides', 'window_summaries',
            'window_feature_names', 'lightgbm_baseline', 'pattern_bars', 'row_mean', 'row_slope', 'precursor_stats',
            'precursor_baseline', 'plot_history', 'train_cli']
@@ -40,14 +39,14 @@ import torch.distributed as dist
 import k4_nbdev
 from .core import (atomic_write, check_flag, check_outputs, command, fingerprint, progress_bar, same_or_inside,
                            UsageError)
-from .definitions import CLASS_NAMES, expected_value, K4, STRATEGIC_VALUES, STRONG_CLASSES, VALUES
+from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES
 from .loss import CLASS_WEIGHTS, LOSSES, make_loss
 from .model import BACKENDS, create_mamba_attention_model, MODEL_SIZES, resolve_backend
 from .scoring import (apply_scaler, calibrated_proba, check_dates, check_device, CHECKPOINT_FORMAT, fit_scaler,
                               fit_scaler_pieces, load_checkpoint, model_from_checkpoint, predict_logits, predict_proba,
                               relative_inputs, save_checkpoint, scale_relative, sequences_provenance)
 from .sequences import check_finite, FEATURES, NonFiniteError, read_sequences, table_sequences
-
+from .metrics import average_precision, calibration_error, classification_metrics
 
 # %% ../nbs/05_train.ipynb #b1a1e7e5
 @dataclass(frozen=True)
@@ -139,78 +138,7 @@ def selection_split(meta:pd.DataFrame, # the sequences' metadata
     return fit, sel, {'selection_date': info['split_date'], 'n_fit': info['n_train'], 'n_select': info['n_val'],
                       'n_purged_inner': info['n_purged']}
 
-# %% ../nbs/05_train.ipynb #f40c84cd
-def rank_order(scores:np.ndarray, # score per row, higher = ranked first
-              ) -> tuple: # (order: rows by descending score, ties in row order; ends: position in `order` of the last row of each run of equal scores)
-    "Rank rows by score and mark where each block of tied scores ends."
-    scores = np.asarray(scores, float)
-    order = np.argsort(-scores, kind='stable')
-    ranked = scores[order]
-    return order, np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
-
-def average_precision(scores:np.ndarray, # score per row, higher = more likely positive
-                      positive:np.ndarray, # bool per row
-                      weights:np.ndarray=None, # row weights (N,), or one row of weights per replicate (B, N); None: 1 each
-                     ): # area under the precision-recall curve, NaN without positives; (B,) for (B, N) weights
-    "Average precision of ranking rows by `scores`: the precision at each positive's score threshold, averaged over the positives."
-    positive = np.asarray(positive, bool)
-    w = np.ones(len(positive)) if weights is None else np.asarray(weights, float)
-    order, ends = rank_order(scores)
-    w = w[..., order]
-    tp, seen = np.cumsum(w * positive[order], -1)[..., ends], np.cumsum(w, -1)[..., ends]
-    gained = np.diff(tp, prepend=0, axis=-1)   # positive weight of each block of tied scores
-    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
-    with np.errstate(invalid='ignore', divide='ignore'): ap = (gained * precision).sum(-1) / tp[..., -1]
-    return float(ap) if np.ndim(ap) == 0 else ap
-
-def per_class_table(y:np.ndarray, # true classes
-                    pred:np.ndarray, # predicted classes
-                   ) -> pd.DataFrame: # precision, recall, f1, support per class; NaN where undefined
-    "Per-class precision, recall, F1 and support."
-    rows = []
-    for k in range(len(CLASS_NAMES)):
-        tp, support, called = int(((pred == k) & (y == k)).sum()), int((y == k).sum()), int((pred == k).sum())
-        p = tp / called if called else float('nan')
-        r = tp / support if support else float('nan')
-        f1 = 2 * p * r / (p + r) if p + r > 0 else (0.0 if p == 0 or r == 0 else float('nan'))
-        rows.append({'precision': p, 'recall': r, 'f1': f1, 'support': support})
-    return pd.DataFrame(rows, index=CLASS_NAMES)
-
-def ev_correlation(probs:np.ndarray, # class probabilities (N, 6)
-                   y:np.ndarray, # true classes (N,)
-                  ) -> float: # Pearson correlation of the expected value with the true class's value; NaN when undefined
-    "Does ranking by expected value rank by what actually happened?"
-    ev, realised = expected_value(probs), VALUES[np.asarray(y).astype(int)]
-    return float(np.corrcoef(ev, realised)[0, 1]) if len(ev) > 1 and ev.std() > 0 and realised.std() > 0 else float('nan')
-
-def classification_metrics(probs:np.ndarray, # class probabilities (N, 6)
-                           y:np.ndarray, # true classes (N,)
-                          ) -> dict: # accuracy, k4_recall, k4_precision, k3k4_recall, k4_pr_auc, ev_corr
-    "The training and reporting metrics of a set of predictions."
-    y = np.asarray(y).astype(int)
-    pred = np.asarray(probs).argmax(1)
-    k4 = per_class_table(y, pred).iloc[K4]
-    strong = np.isin(y, STRONG_CLASSES)
-    return {'accuracy': float((pred == y).mean()), 'k4_recall': float(k4['recall']), 'k4_precision': float(k4['precision']),
-            'k3k4_recall': float((np.isin(pred, STRONG_CLASSES) & strong).sum() / strong.sum()) if strong.any() else float('nan'),
-            'k4_pr_auc': average_precision(np.asarray(probs)[:, K4], y == K4),
-            'ev_corr': ev_correlation(probs, y), 'n': int(len(y)), 'n_k4': int((y == K4).sum())}
-
-
 # %% ../nbs/05_train.ipynb #2eb5b8d2
-def calibration_error(probs:np.ndarray, # class probabilities (N, 6)
-                      y:np.ndarray, # true classes (N,)
-                      bins:int=15, # equal-width probability bins
-                     ) -> float: # class-wise expected calibration error, averaged over classes
-    "Mean over classes of Σ_bins (rows in bin / N) · |mean predicted p − observed frequency|."
-    probs, y = np.asarray(probs, float), np.asarray(y).astype(int)
-    errors = []
-    for k in range(probs.shape[1]):
-        b = np.minimum((probs[:, k] * bins).astype(int), bins - 1)
-        gap = np.bincount(b, probs[:, k] - (y == k), minlength=bins)
-        errors.append(np.abs(gap).sum() / max(len(y), 1))
-    return float(np.mean(errors))
-
 def fit_calibration(logits:np.ndarray, # raw class scores of the selection slice (N, 6)
                     y:np.ndarray, # their true classes (N,)
                     steps:int=200, # L-BFGS iterations

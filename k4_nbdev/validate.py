@@ -5,29 +5,26 @@
 # %% auto #0
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
-           'KEY', 'ALERT_RATES', 'RANKING_METRICS', 'RANKING_NAMES', 'BOOT_CELLS', 'TRUTH_REQUIRED', 'MECHANISM',
-           'OBSERVABLE', 'MODEL', 'ORACLE', 'LIGHTGBM', 'PAIRED_METRICS', 'BASELINES', 'SHORT_NAMES', 'COMPARISON_FILE',
-           'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS', 'N_RANDOM', 'BAND', 'SIGNAL_TRADES',
-           'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT',
-           'QUALITY_PLOT', 'HEADLINE_METRICS', 'LEAKAGE_TESTS', 'QUALITY_TESTS', 'REFERENCE_TARGETS', 'STATUS_MARK',
-           'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS', 'EVALUATION_FILES', 'STRENGTH_METRICS',
-           'scored_rows', 'check', 'grade', 'date_halves', 'halves_or_unknown', 'temporal_sequence_check',
-           'future_contamination_check', 'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares',
-           'class_drift_check', 'temporal_audit_check', 'split_purge_check', 'confusion_matrix', 'calibration_table',
-           'pr_curve', 'signal_quality', 'performance', 'alert_key', 'weighted_corr', 'chance_none_alerted',
-           'ranking_metrics', 'pattern_resamples', 'bootstrap_replicates', 'percentile_interval', 'bootstrap_metrics',
-           'with_intervals', 'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats', 'precursor_reading',
-           'posterior_quality', 'observable_ceiling', 'observable_model', 'model_scores', 'short_name', 'quality_table',
-           'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots', 'random_picks', 'run_trades',
-           'equity_curve', 'max_drawdown', 'trade_stats', 'backtest', 'strong_signal_check', 'model_signals',
-           'signal_comparison', 'signal_comparison_display', 'plot_confusion', 'plot_calibration', 'plot_k4_pr',
-           'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality', 'headline_rows', 'headline_sentence',
-           'headline_display', 'plot_headline', 'plot_backtest', 'model_quality', 'run_checks', 'verdict', 'fmt',
-           'md_table', 'quality_display', 'paired_display', 'quality_section', 'read_comparison', 'comparison_section',
-           'strong_section', 'backtest_section', 'render_report', 'jsonable', 'save_figure', 'report_figures',
-           'write_report', 'check_finite', 'check_provenance', 'validate', 'validate_cli', 'evaluation_variants',
-           'walk_forward', 'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli', 'strength_table',
-           'plot_strength']
+           'KEY', 'TRUTH_REQUIRED', 'MECHANISM', 'OBSERVABLE', 'MODEL', 'ORACLE', 'LIGHTGBM', 'PAIRED_METRICS',
+           'BASELINES', 'SHORT_NAMES', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS',
+           'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET',
+           'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'HEADLINE_METRICS', 'LEAKAGE_TESTS', 'QUALITY_TESTS',
+           'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS',
+           'EVALUATION_FILES', 'STRENGTH_METRICS', 'scored_rows', 'check', 'grade', 'date_halves', 'halves_or_unknown',
+           'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
+           'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
+           'signal_quality', 'performance', 'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats',
+           'precursor_reading', 'posterior_quality', 'observable_ceiling', 'observable_model', 'model_scores',
+           'short_name', 'quality_table', 'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots',
+           'random_picks', 'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest',
+           'strong_signal_check', 'model_signals', 'signal_comparison', 'signal_comparison_display', 'plot_confusion',
+           'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality',
+           'headline_rows', 'headline_sentence', 'headline_display', 'plot_headline', 'plot_backtest', 'model_quality',
+           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display', 'quality_section',
+           'read_comparison', 'comparison_section', 'strong_section', 'backtest_section', 'render_report', 'jsonable',
+           'save_figure', 'report_figures', 'write_report', 'check_finite', 'check_provenance', 'validate',
+           'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary', 'summary_display',
+           'plot_evaluation', 'evaluate_cli', 'strength_table', 'plot_strength']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -53,9 +50,12 @@ from .model import MODEL_SIZES
 from .predict import SIGNAL_COLORS
 from .sequences import audit_sequences, bar_features, FEATURES, read_sequences
 from .scoring import load_checkpoint
-from .train import (average_precision, check_settings, checkpoint_probs, classification_metrics, fit_model,
-                            fold_data, lightgbm_baseline, load_training_data, pattern_bars, per_class_table, PRECURSOR,
-                            precursor_baseline, rank_order, RECIPE, row_mean, row_slope, SplitError, walk_forward_folds)
+from .metrics import (ALERT_RATES, bootstrap_replicates, calibration_table, classification_metrics,
+                              confusion_matrix, per_class_table, percentile_interval, pr_curve, RANKING_METRICS,
+                              ranking_metrics, RANKING_NAMES, with_intervals)
+from .train import (check_settings, checkpoint_probs, fit_model, fold_data, lightgbm_baseline,
+                            load_training_data, pattern_bars, PRECURSOR, precursor_baseline, RECIPE, row_mean,
+                            row_slope, SplitError, walk_forward_folds)
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -266,37 +266,6 @@ def split_purge_check(preds:pd.DataFrame, # all predictions
                'First scored snapshot': str(first.date()), 'Scored rows before the split date': early}
     return check(7, name, FAIL if problems else PASS, details, '; '.join(problems))
 
-# %% ../nbs/07_validate.ipynb #85bf6685
-def confusion_matrix(y:np.ndarray, # true classes
-                     pred:np.ndarray, # predicted classes
-                    ) -> np.ndarray: # (6, 6) counts, rows = true class, columns = predicted class
-    "Counts of each (true, predicted) pair."
-    n = len(CLASS_NAMES)
-    return np.bincount(np.asarray(y, int) * n + np.asarray(pred, int), minlength=n * n).reshape(n, n)
-
-def calibration_table(p:np.ndarray, # predicted probability of an event, per row
-                      happened:np.ndarray, # whether the event happened, per row
-                      bins:int=10, # equal-width probability bins
-                     ) -> pd.DataFrame: # per non-empty bin: lo, hi, n, predicted (mean p), observed (frequency); attrs['ece']
-    "Reliability bins and the expected calibration error."
-    p, happened = np.asarray(p, float), np.asarray(happened, bool)
-    b = np.minimum((p * bins).astype(int), bins - 1)
-    table = pd.DataFrame({'bin': b, 'p': p, 'hit': happened}).groupby('bin').agg(n=('p', 'size'), predicted=('p', 'mean'),
-                                                                                  observed=('hit', 'mean'))
-    table.insert(0, 'lo', table.index / bins); table.insert(1, 'hi', (table.index + 1) / bins)
-    table = table.reset_index(drop=True)
-    table.attrs['ece'] = float((table['n'] * (table['predicted'] - table['observed']).abs()).sum() / max(len(p), 1))
-    return table
-
-def pr_curve(scores:np.ndarray, # score per row, higher = more likely positive
-             positive:np.ndarray, # bool per row
-            ) -> tuple: # (recall, precision) after each row in descending score order
-    "Precision-recall curve of ranking rows by `scores`."
-    order = np.argsort(-np.asarray(scores), kind='stable')
-    hits = np.asarray(positive, bool)[order]
-    tp = np.cumsum(hits)
-    return tp / max(hits.sum(), 1), tp / np.arange(1, len(hits) + 1)
-
 # %% ../nbs/07_validate.ipynb #8436b66d
 def signal_quality(scored:pd.DataFrame, # scored rows
                   ) -> pd.DataFrame: # per signal: count, share, k4_rate, k3k4_rate, mean_value, correct_avoidance
@@ -320,135 +289,6 @@ def performance(scored:pd.DataFrame, # scored rows
     return {**classification_metrics(probs, y), 'ece_top_class': top.attrs['ece'], 'ece_k4': k4.attrs['ece'],
             'per_class': per_class_table(y, pred), 'confusion_matrix': confusion_matrix(y, pred),
             'calibration_top_class': top, 'calibration_k4': k4}
-
-# %% ../nbs/07_validate.ipynb #a4b3652c
-ALERT_RATES = (0.01, 0.02, 0.05)
-
-def alert_key(rate:float, # share of the scored rows alerted
-             ) -> str: # the suffix of its metric names, e.g. 'top1' for 0.01
-    "Name an alert rate in metric names."
-    return f'top{100 * rate:g}'
-
-RANKING_METRICS = (['k4_pr_auc'] + [f'{m}_{alert_key(r)}' for r in ALERT_RATES for m in ('k4_recall', 'k4_precision', 'pattern_k4_recall')]
-                   + ['k4_recall', 'ev_corr'])
-RANKING_NAMES = {'k4_pr_auc': 'K4 PR-AUC', 'k4_recall': 'K4 recall (argmax class, reference figure)', 'ev_corr': 'EV correlation',
-                 **{f'{m}_{alert_key(r)}': f'{label}, top {r:.0%} alerted' for r in ALERT_RATES for m, label in
-                    (('k4_recall', 'K4 recall'), ('k4_precision', 'K4 precision'), ('pattern_k4_recall', 'K4 patterns found'))}}
-
-def weighted_corr(a:np.ndarray, # values per row (N,)
-                  b:np.ndarray, # values per row (N,)
-                  weights:np.ndarray, # row weights (N,) or (B, N)
-                 ): # Pearson correlation: a float, or (B,); NaN where either side is constant
-    "Pearson correlation of two columns under row weights."
-    w = np.asarray(weights, float)
-    mean = lambda x: (w * x).sum(-1, keepdims=True) / w.sum(-1, keepdims=True)
-    da, db = np.asarray(a, float) - mean(np.asarray(a, float)), np.asarray(b, float) - mean(np.asarray(b, float))
-    va, vb, cov = (mean(x)[..., 0] for x in (da * da, db * db, da * db))
-    with np.errstate(invalid='ignore', divide='ignore'): corr = np.where((va > 1e-12) & (vb > 1e-12), cov / np.sqrt(va * vb), np.nan)
-    return float(corr) if corr.ndim == 0 else corr
-
-def chance_none_alerted(size:np.ndarray, # weight of a block of tied rows
-                        alerted:np.ndarray, # how many of them are alerted, drawn at random
-                        tied:np.ndarray, # rows of one pattern in the block
-                       ) -> np.ndarray: # the chance that none of the pattern's rows is alerted
-    "Chance that a random draw of `alerted` rows from a block of `size` misses all `tied` rows of a pattern."
-    none = np.ones(np.shape(size))
-    for i in range(int(np.max(tied, initial=0))):
-        miss = np.divide(size - alerted - i, size - i, out=np.zeros(np.shape(size)), where=size - i > 0)
-        none *= np.where(i < tied, np.clip(miss, 0, 1), 1)
-    return none
-
-def ranking_metrics(score:np.ndarray, # per row, higher = more K4-like (e.g. P(K4))
-                    y:np.ndarray, # true class per row
-                    pattern:np.ndarray, # pattern id per row
-                    ev:np.ndarray=None, # expected value per row, for the EV correlation; None: NaN
-                    pred:np.ndarray=None, # predicted class per row, for the argmax K4 recall; None: NaN
-                    weights:np.ndarray=None, # row weights (N,), or one row of weights per bootstrap replicate (B, N); None: 1 each
-                   ) -> dict: # RANKING_METRICS -> value (a float, or (B,) for (B, N) weights)
-    "How well a score finds K4: PR-AUC; K4 recall, precision and patterns found with the top 1/2/5% alerted; argmax K4 recall; EV correlation."
-    y, pattern = np.asarray(y, int), np.asarray(pattern)
-    k4 = y == K4
-    w = np.ones(len(y)) if weights is None else np.asarray(weights, float)
-    order, ends = rank_order(score)
-    ranked_w = w[..., order]
-    seen = np.cumsum(ranked_w, -1)[..., ends]                                 # weight ranked at or above each block of tied scores
-    size = np.diff(seen, prepend=0, axis=-1)                                  # weight of each block
-    block_k4 = np.diff(np.cumsum(ranked_w * k4[order], -1)[..., ends], prepend=0, axis=-1)
-    block = np.searchsorted(ends, np.arange(len(y)))                          # block of each ranked position
-    ranked_pattern = pattern[order]
-    k4_pos = np.flatnonzero(np.isin(ranked_pattern, pattern[k4]))             # ranked positions of the K4 patterns' rows
-    rows = pd.DataFrame({'pattern': ranked_pattern[k4_pos], 'block': block[k4_pos], 'pos': k4_pos})
-    best = rows.groupby('pattern', sort=False).first()                        # each K4 pattern's best-ranked row
-    per_block = rows.groupby(['pattern', 'block'], sort=False).size()          # its rows per block, best block first
-    tied = per_block.groupby(level=0, sort=False).first().to_numpy()          # its rows tied with its best-ranked row
-    best_block, pattern_w = best['block'].to_numpy(), ranked_w[..., best['pos'].to_numpy()]
-    ratio = lambda a, b: np.divide(a, b, out=np.full(np.shape(a), np.nan), where=np.asarray(b) > 0)
-    total = w.sum(-1)
-    out = {'k4_pr_auc': average_precision(score, k4, w)}
-    for rate in ALERT_RATES:
-        alerts = np.ceil(np.round(rate * total, 9))
-        alerted = np.clip(np.asarray(alerts)[..., None] - (seen - size), 0, size)    # alerted weight of each block
-        share = np.divide(alerted, size, out=np.zeros_like(size), where=size > 0)        # each of its rows alerted in part
-        hits, key = (share * block_k4).sum(-1), alert_key(rate)
-        found = 1 - chance_none_alerted(size[..., best_block], alerted[..., best_block], tied)
-        out[f'k4_recall_{key}'] = ratio(hits, block_k4.sum(-1))
-        out[f'k4_precision_{key}'] = ratio(hits, alerts)
-        out[f'pattern_k4_recall_{key}'] = ratio((found * pattern_w).sum(-1), pattern_w.sum(-1))
-    undefined = np.full(np.shape(total), np.nan)
-    out['k4_recall'] = undefined if pred is None else ratio((w * ((np.asarray(pred) == K4) & k4)).sum(-1), (w * k4).sum(-1))
-    out['ev_corr'] = undefined if ev is None else weighted_corr(ev, VALUES[y], w)
-    return {k: float(v) if np.ndim(v) == 0 else v for k, v in out.items()}
-
-# %% ../nbs/07_validate.ipynb #ffea0b7d
-BOOT_CELLS = 2_000_000   # replicate x row weights held in memory at once
-
-def pattern_resamples(pattern:np.ndarray, # pattern id per row
-                      n_boot:int=1000, # replicates
-                      seed:int=0, # seed of the draws
-                     ): # yields (b, N) row weights, a few replicates at a time (at most BOOT_CELLS weights)
-    "Pattern-bootstrap replicates as row weights: each draws as many patterns as there are, with replacement."
-    codes, uniques = pd.factorize(np.asarray(pattern))
-    rng, chunk = np.random.default_rng(seed), max(1, BOOT_CELLS // max(len(codes), 1))
-    for start in range(0, n_boot, chunk):
-        drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=min(chunk, n_boot - start))
-        yield drawn[:, codes]
-
-def bootstrap_replicates(y:np.ndarray, # true class per row
-                         pattern:np.ndarray, # pattern id per row: the unit that is resampled
-                         model:dict, # 'score' and optionally 'ev', 'pred' per row (`model_scores`, `oracle_model`)
-                         n_boot:int=1000, # replicates
-                         seed:int=0, # seed of the replicates: the same seed draws the same patterns for every model
-                        ) -> dict: # for each of RANKING_METRICS: (value on the rows, (n_boot,) values on the replicates)
-    "A model's ranking metrics on the rows and on each pattern-bootstrap replicate."
-    if n_boot < 1: raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    args = (model['score'], y, pattern, model.get('ev'), model.get('pred'))
-    reps = [ranking_metrics(*args, weights=w) for w in pattern_resamples(pattern, n_boot, seed)]
-    return {k: (v, np.concatenate([rep[k] for rep in reps])) for k, v in ranking_metrics(*args).items()}
-
-def percentile_interval(values:np.ndarray, # replicate values (NaN: undefined on that replicate)
-                        level:float=0.95, # coverage
-                       ) -> tuple: # (lo, hi); NaN when no replicate is defined
-    "The percentile interval of the defined replicate values."
-    r = values[np.isfinite(values)]
-    tail = 50 * (1 - level)
-    return tuple(float(v) for v in np.percentile(r, [tail, 100 - tail])) if len(r) else (np.nan, np.nan)
-
-def bootstrap_metrics(y:np.ndarray, # true class per row
-                      pattern:np.ndarray, # pattern id per row: the unit that is resampled
-                      model:dict, # 'score' and optionally 'ev', 'pred' per row (`model_scores`, `oracle_model`)
-                      n_boot:int=1000, # replicates
-                      seed:int=0, # seed of the replicates
-                      level:float=0.95, # coverage of the intervals
-                     ) -> dict: # for each of RANKING_METRICS: the value `m` and its interval `m_lo`, `m_hi`
-    "A model's ranking metrics with pattern-bootstrap percentile intervals."
-    return with_intervals(bootstrap_replicates(y, pattern, model, n_boot, seed), level)
-
-def with_intervals(replicates:dict, # from `bootstrap_replicates`
-                   level:float=0.95, # coverage of the intervals
-                  ) -> dict: # for each metric: the value `m` and its interval `m_lo`, `m_hi`
-    "Values and percentile intervals of bootstrapped metrics."
-    return {c: v for k, (value, reps) in replicates.items()
-            for c, v in zip((k, f'{k}_lo', f'{k}_hi'), (value, *percentile_interval(reps, level)))}
 
 # %% ../nbs/07_validate.ipynb #0de38feb
 TRUTH_REQUIRED = ['ticker', 'start_date', 'move_end_date'] + TRUTH_COLUMNS

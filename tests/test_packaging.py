@@ -100,11 +100,11 @@ def test_console_script_imports_are_requirements():
     assert not missing, '\n'.join(missing)
 
 def test_closure_follows_relative_imports():
-    "The checker sees k4-pipeline's papermill and, through `from .data import ...`, data.py's fastcore."
+    "The checker sees k4-pipeline's papermill and, through `from .core import ...`, core.py's fastcore."
     mods = module_closure('pipeline')
-    assert {'pipeline', 'data', 'model'} <= set(mods)
+    assert {'pipeline', 'data', 'core', 'model'} <= set(mods)
     assert {'papermill', 'nbformat', 'jupyter_client', 'torch'} <= mods['pipeline'][0]
-    assert 'fastcore' in mods['data'][0]
+    assert 'fastcore' in mods['core'][0]
     assert {'nbdev', 'playwright', 'smalldocs'} <= module_closure('docs')['docs'][1]
 
 def stage_notebooks() -> list:

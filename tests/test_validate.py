@@ -19,14 +19,17 @@ from k4_nbdev.definitions import PROB_COLUMNS, expected_value
 from k4_nbdev.predict import predict
 from k4_nbdev.patterns import market_snapshots
 from k4_nbdev.sequences import bar_features, build_sequences, market_sequences, read_sequences, ticker_sequences
-from k4_nbdev.train import PRECURSOR, classification_metrics, load_training_data, precursor_baseline, precursor_stats
-from k4_nbdev.validate import (COMPARISON_FILE, ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE, PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN,
-                               backtest, bootstrap_metrics, calibration_table, class_drift_check, confusion_matrix,
-                               equity_curve, ev_correlation_check, first_snapshots, future_contamination_check,
+from k4_nbdev.metrics import classification_metrics
+from k4_nbdev.train import PRECURSOR, load_training_data, precursor_baseline, precursor_stats
+from k4_nbdev.metrics import bootstrap_metrics, calibration_table, confusion_matrix, pattern_resamples, ranking_metrics
+from k4_nbdev.validate import (COMPARISON_FILE, ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE,
+                               PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN, backtest, class_drift_check, equity_curve,
+                               ev_correlation_check, first_snapshots, future_contamination_check,
                                k4_recall_consistency_check, max_drawdown, model_scores, observable_model, oracle_model,
-                               paired_display, pattern_resamples, per_class_table, quality_ev, quality_table, random_picks,
-                               ranking_metrics, render_report, run_checks, run_trades, scored_rows, signal_quality, simulate_trade,
-                               split_purge_check, strong_signal_check, temporal_audit_check, temporal_sequence_check, validate, validate_cli)
+                               paired_display, per_class_table, quality_ev, quality_table, random_picks, render_report,
+                               run_checks, run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check,
+                               strong_signal_check, temporal_audit_check, temporal_sequence_check, validate,
+                               validate_cli)
 from k4_nbdev.testing import exit_of, flat_path, one_bar_ahead, simulate, toy
 
 
