@@ -16,7 +16,7 @@ import torch
 
 from k4_nbdev.train import checkpoint_probs, fit_model, load_training_data
 from k4_nbdev.metrics import ranking_metrics
-from k4_nbdev.validate import ORACLE, model_scores, oracle_model, read_truth
+from k4_nbdev.references import ORACLE, model_scores, oracle_model, read_truth
 
 BASE = dict(model_size='small', epochs=4, batch_size=64, learning_rate=1e-4, k4_weight=500.0, loss='asymmetric')
 RECIPES = {

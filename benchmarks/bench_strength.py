@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from k4_nbdev.data import SCALES
-from k4_nbdev.validate import EVALUATION_FILES, strength_table
+from k4_nbdev.evaluate import EVALUATION_FILES, strength_table
 
 
 def stage(*args:str):

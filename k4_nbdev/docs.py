@@ -38,9 +38,10 @@ try:   # the `docs` extra; without it k4-docs ends in one line naming the extra 
     _docs_missing = None
 except ImportError as e: _docs_missing = e.name or str(e)
 
-from .core import atomic_write, check_outputs, command, UsageError
+from .core import atomic_write, check_outputs, command, save_figure, UsageError
 from .pipeline import run_stage
-from .validate import COMPARISON_FILE, headline_display, headline_sentence, md_table, plot_headline, save_figure
+from .references import COMPARISON_FILE, headline_display, headline_sentence, plot_headline
+from .validate import md_table
 
 # %% ../nbs/09_docs.ipynb #bdee1b8c
 def project_root() -> Path:

@@ -33,7 +33,7 @@ from jupyter_client.manager import AsyncKernelManager
 import k4_nbdev
 from .core import atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint, UsageError
 from .data import SCALES
-from .validate import COMPARISON_FILE, headline_display, headline_sentence
+from .references import COMPARISON_FILE, headline_display, headline_sentence
 from .model import BACKENDS, MODEL_SIZES
 
 # %% ../nbs/08_pipeline.ipynb #b90dfd41

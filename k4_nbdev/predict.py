@@ -245,15 +245,15 @@ def predict_cli(model:str, # checkpoint written by k4-train (best.pt; never modi
                 model_size:Literal[tuple(MODEL_SIZES)]=None, # must match the checkpoint (default: the checkpoint's)
                 batch_size:int=256, # sequences per forward pass, at least 1
                 device:str='cpu', # torch device, e.g. cpu or cuda
-                no_provenance_check:bool=False, # accept sequences without the builder's provenance metadata
+                provenance_check:bool=True, # refuse sequences without the builder's provenance metadata
                ):
     "Console script `k4-predict`: probabilities, expected values and signals of a sequences file."
     check_outputs({'--output': output}, {'--model': model, '--sequences': sequences})
     check_flag(batch_size >= 1, '--batch-size', batch_size, 'at least 1')
     check_device(device)
-    store = sequences_provenance(sequences, not no_provenance_check).get('input', {}).get('ohlcv')
+    store = sequences_provenance(sequences, provenance_check).get('input', {}).get('ohlcv')
     check_outputs({'--output': output}, {'OHLCV store of --sequences': store})
-    preds = predict(model, sequences, output, model_size, batch_size, device, provenance_check=not no_provenance_check)
+    preds = predict(model, sequences, output, model_size, batch_size, device, provenance_check=provenance_check)
     print(prediction_summary(preds))
     print(f"predictions: {output}")
 

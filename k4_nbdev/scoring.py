@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'CHECKPOINT_FORMAT', 'CHECKPOINT_KEYS', 'relative_inputs',
            'fit_scaler', 'fit_scaler_pieces', 'scale_relative', 'apply_scaler', 'calibrated_proba', 'predict_logits',
-           'predict_proba', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_dates',
-           'check_device', 'sequences_provenance']
+           'predict_proba', 'fit_calibration', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint',
+           'check_dates', 'check_device', 'sequences_provenance']
 
 # %% ../nbs/04a_scoring.ipynb #7c1c81f6
 import pickle
@@ -124,6 +124,23 @@ def predict_proba(model:torch.nn.Module, # trained network
                  ) -> np.ndarray: # class probabilities (N, 6)
     "Batched class probabilities in eval mode."
     return calibrated_proba(predict_logits(model, X, mask, batch_size, device), calibration)
+
+# %% ../nbs/04a_scoring.ipynb #2eb5b8d2
+def fit_calibration(logits:np.ndarray, # raw class scores of the selection slice (N, 6)
+                    y:np.ndarray, # their true classes (N,)
+                    steps:int=200, # L-BFGS iterations
+                   ) -> dict: # {'temperature': T, 'bias': [6 floats]}
+    "Temperature and per-class bias minimising the log-loss of softmax(logits / T + b) (bias of class 0 fixed at 0), with a unit normal prior on log T and b."
+    z, t = torch.as_tensor(np.asarray(logits, np.float32)), torch.as_tensor(np.asarray(y), dtype=torch.long)
+    log_t, b = torch.zeros(1, requires_grad=True), torch.zeros(z.shape[1] - 1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, b], lr=0.5, max_iter=steps, line_search_fn='strong_wolfe')
+    def nll():
+        opt.zero_grad()
+        l = torch.nn.functional.cross_entropy(z / log_t.exp() + torch.cat([torch.zeros(1), b]), t)
+        l = l + (log_t.square().sum() + b.square().sum()) / (2 * max(len(t), 1))   # the prior: decisive only on a tiny slice
+        l.backward(); return l
+    opt.step(nll)
+    return {'temperature': log_t.detach().exp().item(), 'bias': [0.0] + b.detach().tolist()}
 
 # %% ../nbs/04a_scoring.ipynb #40f5fdf0
 CHECKPOINT_FORMAT = 'k4_nbdev.checkpoint/1'

@@ -688,11 +688,11 @@ def build_sequences_cli(input:str, # snapshots parquet written by the patterns s
                         ohlcv:str=None, # OHLCV store the snapshots were built from (default: ohlcv/ next to --input)
                         sequence_length:int=50, # trading bars per sequence, at least 1
                         max_samples:int=None, # build only a seeded sample of this many snapshots (at least 1)
-                        no_validate:bool=False, # skip the temporal-integrity and shape checks (the finiteness check stays)
+                        validate:bool=True, # run the temporal-integrity and shape checks (the finiteness check runs always)
                         workers:int=os.cpu_count() or 1, # processes, at least 1
                         skip_bad:bool=False, # skip bad snapshot rows, counted by reason, instead of stopping
                         seed:int=0, # seed of the --max-samples sample, 0 to 2**32 - 1
-                        no_provenance_check:bool=False, # accept snapshots that record no input fingerprint (the output's metadata says so)
+                        provenance_check:bool=True, # refuse snapshots that record no input fingerprint (unchecked, the output's metadata says so)
                         scheduler:str='processes', # where the per-ticker work runs: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
                        ):
     "Build the 50x69 sequences of a snapshots file."
@@ -703,8 +703,8 @@ def build_sequences_cli(input:str, # snapshots parquet written by the patterns s
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
     check_flag(0 <= seed < 2**32, '--seed', seed, 'between 0 and 2**32 - 1')
     check_scheduler(scheduler)
-    try: summary = build_sequences(input, ohlcv, output, sequence_length, max_samples, not no_validate, workers, skip_bad,
-                                   seed, progress=sys.stderr.isatty(), provenance_check=not no_provenance_check,
+    try: summary = build_sequences(input, ohlcv, output, sequence_length, max_samples, validate, workers, skip_bad,
+                                   seed, progress=sys.stderr.isatty(), provenance_check=provenance_check,
                                    scheduler=scheduler)
     except OHLCVError as e: raise OHLCVError(f"{ohlcv}: {e}") from None
     skipped = f"; skipped {summary['skipped']}" if summary['skipped'] else ''

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SHARED_FILES', 'exit_of', 'built_once', 'stage_inputs', 'trained_run', 'shared_run', 'source_hash',
            'standalone_inputs', 'rewritten', 'wilder_loop', 'scan_inputs', 'one_bar_ahead', 'toy', 'flat_path',
-           'simulate']
+           'toy_trades', 'toy_episodes', 'simulate']
 
 # %% ../nbs/10_testing.ipynb #33bdbfaf
 import fcntl
@@ -27,6 +27,7 @@ from .definitions import assign_signals, expected_value, K4, PROB_COLUMNS
 from .patterns import build_snapshots
 from .sequences import bar_features, build_sequences, read_sequences, sequence_table
 from .train import fit_model, load_training_data
+from .backtest import KEY
 
 # %% ../nbs/10_testing.ipynb #1c4731ad
 def exit_of(main, # a console script's function, e.g. `patterns_cli`
@@ -207,6 +208,29 @@ def flat_path(n:int=150, # bars
     "A quiet constructed price path: every bar opens and closes at `price`, with a 1% wick either side."
     return pd.DataFrame({'date': pd.bdate_range(start, periods=n), 'open': price, 'high': price * 1.01,
                          'low': price * 0.99, 'close': price, 'volume': 1e6})
+
+# %% ../nbs/10_testing.ipynb #1100c88c
+def toy_trades() -> tuple: # (bars of ticker 'T', scored snapshots, their lower boundaries)
+    "Three patterns on a quiet path: A (boundary 9.5) signalled AVOID, GOOD, STRONG and K4; B (10) MODERATE twice, K0; C (10) STRONG, K5."
+    market = flat_path(300)
+    market.loc[50, 'low'] = 8.8                                        # through B's and C's stops (9), not A's (8.55)
+    market.loc[[100, 105], 'close'] = [11.0, 12.0]; market['high'] = market[['high', 'close']].max(axis=1)
+    scored = pd.DataFrame({'ticker': 'T', 'pattern_id': ['A'] * 3 + ['B'] * 2 + ['C'],
+                           'snapshot_date': market['date'][[0, 5, 10, 20, 25, 40]].to_numpy(),
+                           'signal': ['AVOID', 'GOOD', 'STRONG', 'MODERATE', 'MODERATE', 'STRONG'],
+                           'outcome_class': pd.array([4, 4, 4, 0, 0, 5], dtype='Int64')})
+    return market, scored, scored[KEY].assign(lower_boundary=[9.5] * 3 + [10.0] * 3)
+
+def toy_episodes() -> tuple: # (answer key, weekly predictions of 'T' (`toy`), their true classes)
+    "Three episodes of ticker 'T' with hidden quality −1, 0.5 and 2; 40 weekly snapshots, K4 in the best episode, K3 in the middle one."
+    episodes = pd.DataFrame({'ticker': 'T', 'start_date': pd.to_datetime(['2021-01-04', '2021-03-01', '2021-05-03']),
+                             'end_date': pd.to_datetime(['2021-02-15', '2021-04-19', '2021-06-14']),
+                             'move_end_date': pd.to_datetime(['2021-02-26', '2021-04-30', '2021-06-30']),
+                             'quality': [-1.0, 0.5, 2.0], 'breaks_up': [False, True, True], 'move_size': [0.0, 0.5, 1.2]})
+    dates = pd.date_range('2021-01-04', periods=40, freq='W-MON')
+    y = np.where((dates >= '2021-05-03') & (dates <= '2021-06-30'), K4,
+                 np.where((dates >= '2021-03-01') & (dates <= '2021-04-30'), 3, 0))
+    return episodes, toy(y), y
 
 # %% ../nbs/10_testing.ipynb #cb6b06e5
 def simulate(seed:int, # seed of the simulated market

@@ -5,32 +5,21 @@
 # %% auto #0
 __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED', 'CONTAMINATION_MAX', 'CONTAMINATION_LEVELS',
            'K4_CONSISTENCY_MAX', 'K4_CONSISTENCY_LEVELS', 'K4_MIN_ROWS', 'EV_CORR_MIN', 'DRIFT_MAX', 'DRIFT_LEVELS',
-           'KEY', 'TRUTH_REQUIRED', 'MECHANISM', 'OBSERVABLE', 'MODEL', 'ORACLE', 'LIGHTGBM', 'PAIRED_METRICS',
-           'BASELINES', 'SHORT_NAMES', 'COMPARISON_FILE', 'HOLD_BARS', 'STOP_LEVEL', 'TRADE_COLUMNS', 'ENTRY_SIGNALS',
-           'N_RANDOM', 'BAND', 'SIGNAL_TRADES', 'EVERY_PATTERN', 'RANDOM', 'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET',
-           'STRONG_LIFT_MIN', 'SHORT', 'QUALITY_PLOT', 'HEADLINE_METRICS', 'LEAKAGE_TESTS', 'QUALITY_TESTS',
-           'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES', 'EVALUATION_METRICS',
-           'EVALUATION_FILES', 'STRENGTH_METRICS', 'scored_rows', 'check', 'grade', 'date_halves', 'halves_or_unknown',
-           'temporal_sequence_check', 'future_contamination_check', 'k4_recall_consistency_check',
-           'ev_correlation_check', 'class_shares', 'class_drift_check', 'temporal_audit_check', 'split_purge_check',
-           'signal_quality', 'performance', 'read_truth', 'quality_ev', 'oracle_model', 'mechanism_stats',
-           'precursor_reading', 'posterior_quality', 'observable_ceiling', 'observable_model', 'model_scores',
-           'short_name', 'quality_table', 'model_comparison', 'write_comparison', 'simulate_trade', 'first_snapshots',
-           'random_picks', 'run_trades', 'equity_curve', 'max_drawdown', 'trade_stats', 'backtest',
-           'strong_signal_check', 'model_signals', 'signal_comparison', 'signal_comparison_display', 'plot_confusion',
-           'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised', 'plot_quality',
-           'headline_rows', 'headline_sentence', 'headline_display', 'plot_headline', 'plot_backtest', 'model_quality',
-           'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display', 'quality_section',
-           'read_comparison', 'comparison_section', 'strong_section', 'backtest_section', 'render_report', 'jsonable',
-           'save_figure', 'report_figures', 'write_report', 'check_finite', 'check_provenance', 'validate',
-           'validate_cli', 'evaluation_variants', 'walk_forward', 'evaluation_summary', 'summary_display',
-           'plot_evaluation', 'evaluate_cli', 'strength_table', 'plot_strength']
+           'STRONG_SHARE_TARGET', 'STRONG_K4_TARGET', 'STRONG_LIFT_MIN', 'SHORT', 'LEAKAGE_TESTS', 'QUALITY_TESTS',
+           'REFERENCE_TARGETS', 'STATUS_MARK', 'TARGETS', 'METRIC_NAMES', 'FIGURES', 'scored_rows', 'check', 'grade',
+           'date_halves', 'halves_or_unknown', 'temporal_sequence_check', 'future_contamination_check',
+           'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
+           'temporal_audit_check', 'split_purge_check', 'signal_quality', 'performance', 'strong_signal_check',
+           'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
+           'model_quality', 'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display',
+           'quality_section', 'read_comparison', 'comparison_section', 'strong_section', 'backtest_section',
+           'render_report', 'jsonable', 'report_figures', 'write_report', 'check_finite', 'check_provenance',
+           'validate', 'validate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
 import math
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -40,22 +29,20 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .core import (atomic_write, check_flag, check_outputs, command, fingerprint, read_metadata,
-                           same_or_inside, UsageError)
-from .data import episode_truth, MarketParams, read_store, TRUTH_COLUMNS, TRUTH_FILE
-from .definitions import (assign_signals, AVOIDED_CLASSES, CLASS_NAMES, expected_value, K4, PROB_COLUMNS,
-                                  SIGNALS, STRONG_CLASSES, VALUES)
-from .loss import LOSSES
-from .model import MODEL_SIZES
+from .core import atomic_write, check_flag, check_outputs, command, fingerprint, read_metadata, save_figure
+
+from .definitions import AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES
+
+
 from .predict import SIGNAL_COLORS
-from .sequences import audit_sequences, bar_features, FEATURES, read_sequences
+from .sequences import audit_sequences, bar_features, read_sequences
 from .scoring import load_checkpoint
-from .metrics import (ALERT_RATES, bootstrap_replicates, calibration_table, classification_metrics,
-                              confusion_matrix, per_class_table, percentile_interval, pr_curve, RANKING_METRICS,
-                              ranking_metrics, RANKING_NAMES, with_intervals)
-from .train import (check_settings, checkpoint_probs, fit_model, fold_data, lightgbm_baseline,
-                            load_training_data, pattern_bars, PRECURSOR, precursor_baseline, RECIPE, row_mean,
-                            row_slope, SplitError, walk_forward_folds)
+from .metrics import (ALERT_RATES, calibration_table, classification_metrics, confusion_matrix,
+                              per_class_table, pr_curve, RANKING_METRICS, RANKING_NAMES)
+from .references import (BASELINES, COMPARISON_FILE, MODEL, model_scores, OBSERVABLE, ORACLE, oracle_model,
+                                 PAIRED_METRICS, plot_quality, quality_table, read_truth, short_name)
+
+from .backtest import backtest, BAND, ENTRY_SIGNALS, first_snapshots, HOLD_BARS, KEY, plot_backtest, STOP_LEVEL
 
 # %% ../nbs/07_validate.ipynb #83be980e
 SCOPES = ('validation', 'all')
@@ -212,8 +199,6 @@ def class_drift_check(scored:pd.DataFrame, # scored rows
                   'Early distribution': fmt(early), 'Late distribution': fmt(late)})
 
 # %% ../nbs/07_validate.ipynb #e5ce7871
-KEY = ['ticker', 'pattern_id', 'snapshot_date']
-
 def temporal_audit_check(preds:pd.DataFrame, # predictions (their sequences are audited)
                          sequences=None, # sequences parquet, or (X, mask, meta); None: skip
                          ohlcv=None, # OHLCV store, or ticker -> frame; None: skip
@@ -290,330 +275,6 @@ def performance(scored:pd.DataFrame, # scored rows
             'per_class': per_class_table(y, pred), 'confusion_matrix': confusion_matrix(y, pred),
             'calibration_top_class': top, 'calibration_k4': k4}
 
-# %% ../nbs/07_validate.ipynb #0de38feb
-TRUTH_REQUIRED = ['ticker', 'start_date', 'move_end_date'] + TRUTH_COLUMNS
-
-def read_truth(path, # the answer key, `episodes.parquet` of the synthetic market
-              ) -> pd.DataFrame: # one row per planted episode
-    "Read an answer key and check it has what the oracle needs."
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"answer key {path} does not exist: pass the {TRUTH_FILE} the synthetic market wrote into the "
-                                "run folder, or leave the answer key out (real data has none)")
-    try: episodes = pd.read_parquet(path)
-    except Exception as e:
-        raise ValueError(f"answer key {path} is not a readable parquet file ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    missing = [c for c in TRUTH_REQUIRED if c not in episodes.columns]
-    if missing: raise ValueError(f"answer key {path} lacks the columns {missing}: it must be the {TRUTH_FILE} of the synthetic "
-                                 f"market, with {TRUTH_REQUIRED}")
-    undated = [c for c in ['start_date', 'move_end_date'] if not pd.api.types.is_datetime64_any_dtype(episodes[c])]
-    if undated: raise ValueError(f"answer key {path}: the columns {undated} must hold dates, found "
-                                 f"{[str(episodes[c].dtype) for c in undated]}")
-    return episodes
-
-def quality_ev(fit_quality:np.ndarray, # hidden quality of each fitting row's episode (NaN: no episode)
-               fit_y:np.ndarray, # true class of each fitting row
-               quality:np.ndarray, # hidden quality of each row to map (NaN: no episode)
-               bins:int=10, # quantile bins of the fitting rows' quality
-              ) -> np.ndarray: # expected strategic value per row to map (a bin no fitting row reached: the fitting rows' mean)
-    "Map hidden quality to expected value: the mean realised value of the fitting rows in the same quality bin."
-    fit_quality, quality = np.asarray(fit_quality, float), np.asarray(quality, float)
-    realised = VALUES[np.asarray(fit_y, int)]
-    inside = np.isfinite(fit_quality)
-    edges = np.unique(np.quantile(fit_quality[inside], np.linspace(0, 1, bins + 1)[1:-1])) if inside.any() else np.array([])
-    binned = lambda q: np.where(np.isfinite(q), np.searchsorted(edges, q, side='right'), -1)   # -1: outside every episode
-    means = pd.Series(realised).groupby(binned(fit_quality)).mean()
-    return means.reindex(binned(quality)).fillna(realised.mean()).to_numpy()
-
-def oracle_model(rows:pd.DataFrame, # rows to score: ticker, snapshot_date
-                 fit_rows:pd.DataFrame, # training-period rows for the EV map: ticker, snapshot_date, outcome_class
-                 episodes:pd.DataFrame, # the answer key (`read_truth`)
-                 bins:int=10, # quality bins of the EV map
-                ) -> dict: # 'score' (the episode's hidden quality; -inf outside every episode) and 'ev' per row
-    "The ceiling: every row scored by what the generator knows."
-    quality = episode_truth(rows, episodes)['quality'].to_numpy()
-    fit_quality = episode_truth(fit_rows, episodes)['quality'].to_numpy()
-    return {'score': np.where(np.isfinite(quality), quality, -np.inf),
-            'ev': quality_ev(fit_quality, fit_rows['outcome_class'].to_numpy(dtype=int), quality, bins)}
-
-# %% ../nbs/07_validate.ipynb #7ad4fcaa
-MECHANISM = ['closes near the highs', 'accumulation', 'tightening']   # the readings of `mechanism_stats`, as 00_data plants q
-
-def mechanism_stats(X:np.ndarray, # raw sequences (N, L, 69)
-                    mask:np.ndarray, # (N, L), nonzero = real bar
-                    days_in_pattern:np.ndarray, # bars from each pattern's start to its snapshot (the meta column)
-                    volume_ar:float=MarketParams.volume_ar, # the market's AR(1) coefficient of log volume
-                    dryup_days:int=MarketParams.dryup_days, # the market's dry-up: the first bars of a pattern, before it tightens
-                   ) -> dict: # name -> (reading per row (NaN: too few bars), bars it rests on per row)
-    "The three precursors read the way the market plants them, from each pattern's own bars up to the snapshot."
-    col = lambda f: np.asarray(X[:, :, FEATURES.index(f)], np.float64)
-    close, high, low, volume = col('current_price'), col('current_high'), col('current_low'), col('current_volume')
-    own = pattern_bars(mask, days_in_pattern)
-    lag = lambda a: np.concatenate([np.zeros_like(a[:, :1]), a[:, :-1]], 1)
-    step = own & lag(own)                                    # a return from one own bar to the next
-    pair = step & lag(step)                                  # ... whose previous return is also the pattern's
-    r = np.where(step, np.log(np.maximum(close, 1e-12) / np.maximum(lag(close), 1e-12)), 0)
-    span = np.maximum(high - low, 1e-12)
-    wick = np.log((close - low + 0.05 * span) / (high - close + 0.05 * span))
-    whiten = lambda a: a - volume_ar * lag(a)
-    after = own & (np.cumsum(own, 1) > dryup_days)
-    log_range = np.log(np.maximum(np.log(np.maximum(high, 1e-12) / np.maximum(low, 1e-12)), 1e-9))
-    return {'closes near the highs': (row_mean(wick, own), own.sum(1)),
-            'accumulation': (row_slope(whiten(np.log1p(np.maximum(volume, 0))), whiten(np.sign(r)), pair), pair.sum(1)),
-            'tightening': (row_slope(log_range, np.cumsum(own, 1).astype(float), after), after.sum(1))}
-
-# %% ../nbs/07_validate.ipynb #047de839
-OBSERVABLE = 'Observable ceiling (precursors → q)'
-
-def precursor_reading(s:np.ndarray, # one reading per fitting row (NaN: undefined)
-                      n:np.ndarray, # bars it rests on per fitting row
-                      q:np.ndarray, # hidden quality of each fitting row's episode (NaN: outside every episode)
-                     ) -> dict: # a, b (s = b + a·q + e), c, k (log Var e = c + k·log n)
-    "How a precursor reads q on the fitting rows: its line to q, and its noise against the bars it rests on."
-    ok = np.isfinite(s) & np.isfinite(q) & (n > 0)
-    if ok.sum() < 10: raise ValueError(f"a precursor reading needs 10 training rows inside an episode with a value, got {int(ok.sum())}")
-    b, a = np.linalg.lstsq(np.c_[np.ones(ok.sum()), q[ok]], s[ok], rcond=None)[0]
-    log_e2 = np.log((s[ok] - b - a * q[ok]) ** 2 + 1e-300)
-    c, k = np.linalg.lstsq(np.c_[np.ones(ok.sum()), np.log(n[ok])], log_e2, rcond=None)[0]
-    return {'a': a, 'b': b, 'c': c + 1.27, 'k': k}   # + 1.27: a squared normal's log is on average 1.27 below its variance's
-
-def posterior_quality(stats:dict, # name -> (reading, bars) per row (from `mechanism_stats`)
-                      readings:dict, # name -> `precursor_reading`
-                      prior:tuple, # (mean, variance) of q on the fitting rows
-                     ) -> np.ndarray: # q̂ per row: the prior mean where no reading is defined
-    "The posterior mean of q given every reading, each weighted by its precision on the row's own bars."
-    precision, pull = np.full(len(next(iter(stats.values()))[0]), 1 / prior[1]), prior[0] / prior[1]
-    for name, (s, n) in stats.items():
-        r, use = readings[name], np.isfinite(s) & (n > 0)
-        var = np.exp(r['c'] + r['k'] * np.log(np.maximum(n, 1)))
-        precision = precision + np.where(use, r['a'] ** 2 / var, 0)
-        pull = pull + np.where(use, r['a'] * (np.nan_to_num(s) - r['b']) / var, 0)
-    return pull / precision
-
-def observable_ceiling(stats:dict, # `mechanism_stats` of the rows to score
-                       fit_stats:dict, # `mechanism_stats` of the training-period rows
-                       fit_quality:np.ndarray, # hidden quality of each training row's episode (NaN: outside every episode)
-                       fit_y:np.ndarray, # true class of each training row (for the EV map)
-                       bins:int=10, # quality bins of the EV map
-                      ) -> dict: # 'score' (q̂ per row), 'ev', 'readings' (a frame: one row per precursor)
-    "Score rows by q̂, fitted on the training rows' q, computed from the bars alone."
-    fit_quality = np.asarray(fit_quality, float)
-    inside = fit_quality[np.isfinite(fit_quality)]
-    if len(inside) < 10: raise ValueError(f"the observable ceiling needs 10 training rows inside an episode, got {len(inside)}")
-    readings = {k: precursor_reading(*fit_stats[k], fit_quality) for k in fit_stats}
-    prior = (inside.mean(), inside.var())
-    q_hat = posterior_quality(stats, readings, prior)
-    return {'score': q_hat, 'ev': quality_ev(posterior_quality(fit_stats, readings, prior), fit_y, q_hat, bins),
-            'readings': pd.DataFrame(readings).T}
-
-def observable_model(data:dict, # from `load_training_data` (in memory)
-                     rows:np.ndarray, # indices of the rows to score
-                     fit:np.ndarray, # indices of the training-period rows it is fitted on
-                     episodes:pd.DataFrame, # the answer key (`read_truth`)
-                    ) -> dict: # `observable_ceiling` on those rows, plus 'corr': of q̂ with q where the rows lie in an episode
-    "The observable ceiling of a split: readings from the sequences, q from the answer key for the training rows only."
-    stats = mechanism_stats(data['X'], data['mask'], data['meta']['days_in_pattern'].to_numpy())
-    pick = lambda idx: {k: (s[idx], n[idx]) for k, (s, n) in stats.items()}
-    quality = lambda idx: episode_truth(data['meta'].iloc[idx], episodes)['quality'].to_numpy()
-    out = observable_ceiling(pick(rows), pick(fit), quality(fit), data['y'][fit])
-    q, inside = quality(rows), np.isfinite(quality(rows))
-    out['corr'] = float(np.corrcoef(out['score'][inside], q[inside])[0, 1]) if inside.sum() > 2 else np.nan
-    return out
-
-# %% ../nbs/07_validate.ipynb #b133891d
-MODEL = 'MambaAttention'   # the deployed network: its rows are named after it
-ORACLE = 'Oracle (hidden quality)'
-LIGHTGBM = 'LightGBM (window summaries)'   # the window-summary baseline of `05_train`
-
-def model_scores(probs:np.ndarray, # class probabilities (N, 6)
-                ) -> dict: # 'score' P(K4), 'ev' expected value, 'pred' argmax class, per row
-    "A model's inputs to `ranking_metrics`, from its class probabilities."
-    probs = np.asarray(probs, float)
-    return {'score': probs[:, K4], 'ev': expected_value(probs), 'pred': probs.argmax(1)}
-
-PAIRED_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'k4_recall_top5', 'pattern_k4_recall_top2']   # differenced in pairs
-BASELINES = {PRECURSOR: 'precursor', OBSERVABLE: 'observable'}   # every model is differenced against these rows: column tags
-SHORT_NAMES = {ORACLE: 'q-oracle (outer bound)', OBSERVABLE: 'observable ceiling', PRECURSOR: 'precursor baseline',
-               LIGHTGBM: 'LightGBM'}
-
-def short_name(name:str) -> str:
-    "A row's name as narrow tables show it: the ceilings and baselines by role, a model by its name without the loss."
-    return SHORT_NAMES.get(name, name.split(' (')[0])
-
-def quality_table(y:np.ndarray, # true class per row
-                  pattern:np.ndarray, # pattern id per row
-                  models:dict, # name -> `model_scores` (or any dict with 'score' and optionally 'ev', 'pred')
-                  oracle:dict=None, # `oracle_model` on the same rows; None: no ceiling (no answer key)
-                  n_boot:int=1000, # bootstrap replicates
-                  seed:int=0, # seed of the replicates (the same for every row of the table)
-                  level:float=0.95, # coverage of the intervals
-                 ) -> pd.DataFrame: # rows: models (+ ORACLE); per metric: m, m_lo, m_hi (+ m_share of the oracle's, m_of_observable); m_vs_precursor, m_vs_observable (+ _lo, _hi)
-    "Models beside the ceilings: every ranking metric with its pattern-bootstrap interval, and each model's share of the oracle's and of the observable ceiling's."
-    rows = {**models, **({ORACLE: oracle} if oracle is not None else {})}
-    reps = {name: bootstrap_replicates(y, pattern, m, n_boot, seed) for name, m in rows.items()}
-    table = pd.DataFrame({name: with_intervals(r, level) for name, r in reps.items()}).T.astype(float)
-    for ref, tag in BASELINES.items():   # paired: model minus baseline on the same resampled patterns
-        for name in [n for n in reps if ref in reps and n not in (ref, ORACLE, OBSERVABLE)]:
-            for m in PAIRED_METRICS:
-                diff = {m: (reps[name][m][0] - reps[ref][m][0], reps[name][m][1] - reps[ref][m][1])}
-                for c, v in with_intervals(diff, level).items(): table.loc[name, c.replace(m, f'{m}_vs_{tag}', 1)] = v
-    for ceiling, suffix in ((ORACLE, 'share'), (OBSERVABLE, 'of_observable')):
-        if ceiling not in table.index: continue
-        for m in RANKING_METRICS:
-            table[f'{m}_{suffix}'] = table[m] / table.loc[ceiling, m] if table.loc[ceiling, m] > 0 else np.nan
-    paired = [f'{m}_vs_{tag}{e}' for tag in BASELINES.values() for m in PAIRED_METRICS for e in ('', '_lo', '_hi')]
-    table = table[[c for m in RANKING_METRICS for c in (m, f'{m}_lo', f'{m}_hi', f'{m}_share', f'{m}_of_observable') if c in table]
-                  + [c for c in paired if c in table]]
-    table.attrs.update(n=len(y), n_k4=int((np.asarray(y) == K4).sum()), n_patterns=int(pd.Series(pattern).nunique()),
-                       n_boot=n_boot, level=level, seed=seed)
-    return table
-
-COMPARISON_FILE = 'model_comparison.csv'   # in the run folder: written by `05_train`, read by the pipeline's summary
-
-def model_comparison(y:np.ndarray, # true class per validation row
-                     pattern:np.ndarray, # pattern id per row
-                     probs:dict, # model name -> calibrated class probabilities (N, 6)
-                     seconds:dict, # model name -> seconds it took to fit
-                     oracle:dict=None, # `oracle_model` on the same rows; None: no ceiling
-                     n_boot:int=1000, # bootstrap replicates
-                     seed:int=0, # seed of the replicates
-                     references:dict=None, # name -> scores without class probabilities, e.g. {OBSERVABLE: `observable_model`}
-                    ) -> pd.DataFrame: # `quality_table` + accuracy, K4 precision, K3+K4 recall, n, n_k4, seconds
-    "Every model beside the ceilings with its intervals, plus the classification figures and the time it took."
-    models = {n: model_scores(p) for n, p in probs.items()} | (references or {})
-    quality = quality_table(y, pattern, models, oracle, n_boot, seed)
-    extra = pd.DataFrame({n: classification_metrics(p, y) for n, p in probs.items()}).T
-    table = quality.join(extra[['accuracy', 'k4_precision', 'k3k4_recall', 'n', 'n_k4']]).assign(seconds=pd.Series(seconds))
-    table.attrs = dict(quality.attrs)
-    return table
-
-def write_comparison(table:pd.DataFrame, # from `model_comparison`
-                     run_dir, # run folder
-                    ) -> Path: # the CSV written
-    "Write the comparison atomically where the pipeline's summary and the docs home page read it."
-    path = Path(run_dir) / COMPARISON_FILE
-    with atomic_write(path) as tmp: table.to_csv(tmp)
-    return path
-
-# %% ../nbs/07_validate.ipynb #6e9d2d71
-HOLD_BARS = 100     # bars a trade is held at most: the label window t+1 … t+100 (definitions page: race labels)
-STOP_LEVEL = 0.90   # the stop as a multiple of the pattern's lower boundary: the K5 level (definitions page: race labels)
-TRADE_COLUMNS = ['entry_date', 'entry_price', 'exit_date', 'exit_price', 'return', 'reason', 'bars_held']
-
-def simulate_trade(bars:pd.DataFrame, # one ticker's OHLCV, oldest first
-                   snapshot_date, # the snapshot: the trade enters at the open of the next bar
-                   lower_boundary:float, # the pattern's lower boundary; the stop is STOP_LEVEL times it
-                   hold:int=HOLD_BARS, # bars held at most, the entry bar included
-                  ) -> dict: # TRADE_COLUMNS -> value (reason: 'stop', 'timeout' or 'end of data'); None when no bar follows the snapshot
-    "One long trade: in at the next open; out at the stop (at the open if a bar gaps below it), else at the close of the last bar held."
-    start = int(bars['date'].searchsorted(pd.Timestamp(snapshot_date), side='right'))
-    window = bars.iloc[start:start + hold]
-    if not len(window): return None
-    stop, entry = STOP_LEVEL * float(lower_boundary), float(window['open'].iloc[0])
-    hit = np.flatnonzero(window['low'].to_numpy() <= stop)
-    if len(hit): k, price, reason = int(hit[0]), min(float(window['open'].iloc[hit[0]]), stop), 'stop'
-    else: k, price, reason = len(window) - 1, float(window['close'].iloc[-1]), 'timeout' if len(window) == hold else 'end of data'
-    return dict(zip(TRADE_COLUMNS, [window['date'].iloc[0], entry, window['date'].iloc[k], price, price / entry - 1, reason, k + 1]))
-
-# %% ../nbs/07_validate.ipynb #afdea12c
-ENTRY_SIGNALS, N_RANDOM = ('STRONG', 'GOOD'), 200
-
-def first_snapshots(scored:pd.DataFrame, # scored rows
-                    signals=None, # keep only rows with one of these signals; None: every row
-                   ) -> pd.DataFrame: # one row per pattern, oldest snapshot first
-    "One position per pattern: each pattern's first scored snapshot, or its first with one of `signals`."
-    rows = scored if signals is None else scored[scored['signal'].isin(signals)]
-    return rows.sort_values('snapshot_date', kind='stable').drop_duplicates(['ticker', 'pattern_id']).reset_index(drop=True)
-
-def random_picks(n_pool:int, # patterns to draw from
-                 n:int, # patterns in each pick
-                 n_random:int=N_RANDOM, # picks
-                 seed:int=0, # seed of the draws
-                ) -> np.ndarray: # (n_random, n) indices into the pool, no pattern twice in one pick
-    "Random picks of `n` of `n_pool` patterns, each drawn without replacement."
-    rng = np.random.default_rng(seed)
-    return np.array([rng.choice(n_pool, n, replace=False) for _ in range(n_random)], dtype=int).reshape(n_random, n)
-
-def run_trades(picks:pd.DataFrame, # snapshots to trade, with the KEY columns
-               boundaries:pd.DataFrame, # KEY and `lower_boundary` of the snapshots (the sequences file's metadata)
-               frames:dict, # ticker -> OHLCV frame
-              ) -> pd.DataFrame: # KEY + TRADE_COLUMNS, one row per trade; attrs['untradeable']: picks no bar follows
-    "Trade each picked snapshot with its pattern's stop (`simulate_trade`)."
-    rows = picks[KEY].merge(boundaries[KEY + ['lower_boundary']], on=KEY, how='left')
-    lost = rows['lower_boundary'].isna()
-    if lost.any():
-        first = rows[lost].iloc[0]
-        raise ValueError(f"{int(lost.sum())} traded snapshots are not in the sequences file (first: {first['ticker']} "
-                         f"{first['snapshot_date'].date()}): give the sequences file the predictions were made from")
-    done = [simulate_trade(frames[r.ticker], r.snapshot_date, r.lower_boundary) for r in rows.itertuples()]
-    kept = np.array([t is not None for t in done], dtype=bool)
-    trades = pd.concat([rows[kept].reset_index(drop=True), pd.DataFrame([t for t in done if t is not None], columns=TRADE_COLUMNS)],
-                       axis=1)
-    trades.attrs['untradeable'] = int((~kept).sum())
-    return trades
-
-# %% ../nbs/07_validate.ipynb #5c2f0aae
-def equity_curve(returns, # return of each trade
-                 exit_dates, # exit date of each trade
-                 dates, # the curve's dates: sorted, holding every exit date
-                ) -> np.ndarray: # cumulative P&L on each date, in units of the strategy's capital
-    "Realised P&L by exit date of equal stakes that together make one unit of capital."
-    returns = np.asarray(returns, float)
-    at = np.searchsorted(np.asarray(dates), np.asarray(exit_dates))
-    return np.bincount(at, returns / max(len(returns), 1), minlength=len(dates)).cumsum()
-
-def max_drawdown(curve, # equity curve
-                ) -> float: # the largest fall from a running peak, the start (0) included
-    "Max drawdown of an equity curve that starts at 0."
-    path = np.r_[0.0, np.asarray(curve, float)]
-    return float((np.maximum.accumulate(path) - path).max())
-
-def trade_stats(trades:pd.DataFrame, # from `run_trades`
-                curve:np.ndarray, # their `equity_curve`
-               ) -> dict: # trades, hit_rate, mean_return, median_return, stop_share, max_drawdown (NaN without trades)
-    "One strategy's row of the backtest table."
-    r, stopped = trades['return'].to_numpy(float), (trades['reason'] == 'stop').to_numpy()
-    of = lambda x, f=np.mean: float(f(x)) if len(x) else float('nan')
-    return {'trades': len(r), 'hit_rate': of(r > 0), 'mean_return': of(r), 'median_return': of(r, np.median),
-            'stop_share': of(stopped), 'max_drawdown': max_drawdown(curve)}
-
-# %% ../nbs/07_validate.ipynb #2eade591
-BAND = (5, 95)   # percentiles of the random picks' band
-SIGNAL_TRADES, EVERY_PATTERN, RANDOM = 'STRONG/GOOD signals', 'Every pattern', 'Random picks'
-
-def backtest(scored:pd.DataFrame, # scored rows
-             sequences=None, # sequences parquet, or (X, mask, meta): the lower boundaries; None: skip
-             ohlcv=None, # OHLCV store, or ticker -> frame: the prices; None: skip
-             n_random:int=N_RANDOM, # random picks
-             seed:int=0, # seed of the random picks
-            ) -> dict: # 'table' (strategy x `trade_stats`), 'curves' (date x strategy), 'trades' (the signal trades); or 'skipped'
-    "Trade each pattern's first STRONG or GOOD signal; beside it every pattern, and random picks of as many patterns."
-    if sequences is None or ohlcv is None:
-        return {'skipped': 'needs the OHLCV store (--ohlcv) for the prices and the sequences file (--sequences) for the stop levels'}
-    boundaries = (pd.read_parquet(sequences, columns=KEY + ['lower_boundary']) if isinstance(sequences, (str, Path))
-                  else sequences[2])
-    every_pick = first_snapshots(scored)
-    frames = ohlcv if isinstance(ohlcv, dict) else read_store(ohlcv, sorted(every_pick['ticker'].unique()))
-    signal, every = run_trades(first_snapshots(scored, ENTRY_SIGNALS), boundaries, frames), run_trades(every_pick, boundaries, frames)
-    dates = np.union1d(signal['exit_date'], every['exit_date'])
-    curve = lambda t: equity_curve(t['return'], t['exit_date'], dates)
-    curves = {SIGNAL_TRADES: curve(signal), EVERY_PATTERN: curve(every)}
-    rows = {name: trade_stats(t, curves[name]) for name, t in ((SIGNAL_TRADES, signal), (EVERY_PATTERN, every))}
-    if len(signal):
-        picked = [every.iloc[ix] for ix in random_picks(len(every), len(signal), n_random, seed)]
-        picked_curves = np.array([curve(t) for t in picked])
-        stats = pd.DataFrame([trade_stats(t, c) for t, c in zip(picked, picked_curves)])
-        rows[f'{RANDOM}, mean'] = stats.mean().to_dict()
-        curves[f'{RANDOM}, mean'] = picked_curves.mean(axis=0)
-        for q in BAND:
-            rows[f'{RANDOM}, {q}%'] = stats.quantile(q / 100).to_dict()
-            curves[f'{RANDOM}, {q}%'] = np.percentile(picked_curves, q, axis=0)
-    table = pd.DataFrame(rows).T.astype(float).astype({'trades': 'int64'})
-    table.attrs.update(n_random=n_random, seed=seed, n_patterns=len(every_pick),
-                       untradeable={SIGNAL_TRADES: signal.attrs['untradeable'], EVERY_PATTERN: every.attrs['untradeable']})
-    return {'table': table, 'curves': pd.DataFrame(curves, index=pd.DatetimeIndex(dates, name='date')), 'trades': signal}
-
 # %% ../nbs/07_validate.ipynb #5037f5ac
 STRONG_SHARE_TARGET, STRONG_K4_TARGET, STRONG_LIFT_MIN = (0.01, 0.03), (0.40, 0.60), 10
 
@@ -634,53 +295,6 @@ def strong_signal_check(scored:pd.DataFrame, # scored rows
                                 'K4 base rate (every pattern)', 'K4 rate of STRONG patterns ÷ base rate'])
     table.attrs.update(n_patterns=len(every), n_strong=len(strong))
     return table
-
-# %% ../nbs/07_validate.ipynb #fd65dfe6
-def model_signals(probs:np.ndarray=None, # calibrated class probabilities (N, 6)
-                  ev:np.ndarray=None, # or an expected value per row (a ceiling's EV map), with P(K5) taken as 0
-                 ) -> np.ndarray: # signal per row
-    "A model's signals under the deployed rules, from its probabilities or from an expected value alone."
-    if probs is not None: return assign_signals(expected_value(probs), np.asarray(probs)[:, -1])
-    return assign_signals(ev, np.zeros(len(ev)))
-
-def signal_comparison(rows:pd.DataFrame, # the scored rows: KEY, outcome_class, lower_boundary
-                      signals:dict, # model name -> signal per row (`model_signals`)
-                      frames:dict, # ticker -> OHLCV frame
-                      n_boot:int=1000, # bootstrap replicates over the traded patterns
-                      seed:int=0, # seed of the replicates
-                     ) -> pd.DataFrame: # one row per model: signal shares and K4 rates, trades, hit rate, mean and median return (+ _lo, _hi)
-    "Every model's signals and their trades on the same rows, under the same rules."
-    rng, out = np.random.default_rng(seed), {}
-    for name, signal in signals.items():
-        scored = rows.assign(signal=np.asarray(signal))
-        r = {}
-        for s in ENTRY_SIGNALS + ('MODERATE',):
-            chosen = scored['signal'] == s
-            r[f'{s}_share'], r[f'{s}_k4_rate'] = chosen.mean(), (scored.loc[chosen, 'outcome_class'] == K4).mean() if chosen.any() else np.nan
-        trades = run_trades(first_snapshots(scored, ENTRY_SIGNALS), rows, frames)['return'].to_numpy(float)
-        r['trades'] = len(trades)
-        stats = {'hit_rate': lambda x: (x > 0).mean(axis=-1), 'mean_return': lambda x: x.mean(axis=-1),
-                 'median_return': lambda x: np.median(x, axis=-1)}
-        draws = trades[rng.integers(0, len(trades), (n_boot, len(trades)))] if len(trades) else None
-        for k, f in stats.items():
-            r[k] = float(f(trades)) if len(trades) else np.nan
-            r[f'{k}_lo'], r[f'{k}_hi'] = percentile_interval(f(draws)) if len(trades) else (np.nan, np.nan)
-        out[name] = r
-    return pd.DataFrame(out).T.astype(float).astype({'trades': 'int64'})
-
-def signal_comparison_display(table:pd.DataFrame, # from `signal_comparison`
-                             ) -> pd.DataFrame: # measure (rows) x model (columns), rounded, intervals in brackets
-    "The side-by-side table for reading: one column per model."
-    pct = lambda v: '–' if pd.isna(v) else f'{v:.1%}'
-    rows = {}
-    for s in ENTRY_SIGNALS + ('MODERATE',):
-        rows[f'{s}: share of rows'] = table[f'{s}_share'].map(pct).tolist()
-        rows[f'{s}: K4 rate'] = table[f'{s}_k4_rate'].map(pct).tolist()
-    rows['trades (first STRONG/GOOD per pattern)'] = table['trades'].astype(str).tolist()
-    for k, name in [('hit_rate', 'hit rate'), ('mean_return', 'mean return'), ('median_return', 'median return')]:
-        rows[name] = [f'{pct(v)} [{pct(lo)}, {pct(hi)}]' if pd.notna(v) else '–'
-                      for v, lo, hi in table[[k, f'{k}_lo', f'{k}_hi']].to_numpy()]
-    return pd.DataFrame(rows, index=[short_name(n) for n in table.index]).T
 
 # %% ../nbs/07_validate.ipynb #c7d0fa2d
 SHORT = [c.split('_')[0] for c in CLASS_NAMES]
@@ -758,103 +372,6 @@ def plot_ev_vs_realised(ev:np.ndarray, # expected value per row
     ax.plot(lim, lim, color='0.6', ls='--', lw=0.8, label='realised = expected')
     ax.set_xlim(lim); ax.set_xlabel('expected value'); ax.set_ylabel('realised strategic value')
     ax.set_title('EV vs realised value'); ax.legend(fontsize=8); fig.tight_layout()
-    return fig
-
-# %% ../nbs/07_validate.ipynb #944d198f
-QUALITY_PLOT = ['k4_pr_auc', 'k4_recall_top1', 'k4_recall_top5', 'pattern_k4_recall_top5', 'k4_recall', 'ev_corr']
-
-def plot_quality(table:pd.DataFrame, # from `quality_table`
-                ):
-    "Headline metrics per model as bars with their intervals; the oracle, when present, as the ceiling line with its interval shaded."
-    models = [n for n in table.index if n != ORACLE]
-    x, width = np.arange(len(QUALITY_PLOT)), 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for i, name in enumerate(models):
-        v, lo, hi = (table.loc[name, [f'{m}{s}' for m in QUALITY_PLOT]].to_numpy(float) for s in ('', '_lo', '_hi'))
-        err = np.nan_to_num([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, np.nan_to_num(v), width, yerr=err, capsize=3, label=name)
-    if ORACLE in table.index:
-        ceiling = table.loc[ORACLE]
-        drawn = [j for j, m in enumerate(QUALITY_PLOT) if np.isfinite(ceiling[m])]
-        for j in drawn:
-            m = QUALITY_PLOT[j]
-            ax.fill_between([j - 0.45, j + 0.45], ceiling[f'{m}_lo'], ceiling[f'{m}_hi'], color='0.5', alpha=0.2, lw=0, zorder=0)
-            ax.hlines(ceiling[m], j - 0.45, j + 0.45, color='k', lw=2, label=f'{ORACLE}: the ceiling' if j == drawn[0] else None)
-    ax.set_xticks(x, [RANKING_NAMES[m].replace(', ', ',\n').replace(' (', '\n(') for m in QUALITY_PLOT], fontsize=7)
-    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=7)
-    ax.set_title(f"ranking quality, {table.attrs.get('level', 0.95):.0%} pattern-bootstrap intervals (undefined: 0)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/07_validate.ipynb #0db9f7b5
-HEADLINE_METRICS = ['k4_pr_auc', 'k4_recall_top2']
-
-def headline_rows(table:pd.DataFrame, # from `model_comparison` (or read back from its CSV)
-                 ) -> list: # row names: the ceilings first, then the deployed model, the precursor baseline, the others
-    "The comparison's rows in reading order."
-    first = [n for n in (ORACLE, OBSERVABLE) if n in table.index]
-    model = [n for n in table.index if n.startswith(MODEL) and ',' not in n][:1]
-    rest = [n for n in table.index if n not in first + model]
-    return first + model + sorted(rest, key=lambda n: n != PRECURSOR)   # the baseline to beat right under the model
-
-def headline_sentence(table:pd.DataFrame, # from `model_comparison`
-                     ) -> str: # one sentence of markdown
-    "What the comparison says, in one sentence: the model's K4 PR-AUC with its interval, as shares of both ceilings, beside the simple baseline."
-    model = headline_rows(table)[len([n for n in (ORACLE, OBSERVABLE) if n in table.index])]
-    r = table.loc[model]
-    text = f"On the validation period ({int(r['n']):,} rows, {int(r['n_k4']):,} of them K4), {short_name(model)} ranks K4 with a PR-AUC of **{r['k4_pr_auc']:.3f}** [{r['k4_pr_auc_lo']:.3f}, {r['k4_pr_auc_hi']:.3f}]"
-    if OBSERVABLE in table.index:
-        text += (f": {r['k4_pr_auc'] / table.loc[OBSERVABLE, 'k4_pr_auc']:.0%} of the observable ceiling ({table.loc[OBSERVABLE, 'k4_pr_auc']:.3f}, "
-                 f"what the bars allow) and {r['k4_pr_auc'] / table.loc[ORACLE, 'k4_pr_auc']:.0%} of the q-oracle ({table.loc[ORACLE, 'k4_pr_auc']:.3f})")
-    if PRECURSOR in table.index:
-        text += f"; the simple precursor baseline reaches {table.loc[PRECURSOR, 'k4_pr_auc']:.3f} [{table.loc[PRECURSOR, 'k4_pr_auc_lo']:.3f}, {table.loc[PRECURSOR, 'k4_pr_auc_hi']:.3f}]"
-    return text + '.'
-
-def headline_display(table:pd.DataFrame, # from `model_comparison`
-                    ) -> pd.DataFrame: # one row per model, five narrow columns
-    "The compact table: K4 PR-AUC with its interval and its share of the observable ceiling, K4 recall and K4 patterns found at 2%."
-    rows = headline_rows(table)
-    reach = table.loc[OBSERVABLE, 'k4_pr_auc'] if OBSERVABLE in table.index else np.nan
-    iv = lambda r, m: f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
-    return pd.DataFrame({'K4 PR-AUC [95%]': [iv(table.loc[n], 'k4_pr_auc') for n in rows],
-                         'of observable': [f"{table.loc[n, 'k4_pr_auc'] / reach:.0%}" if np.isfinite(reach) and n != ORACLE else '–' for n in rows],
-                         'K4 recall, top 2%': [iv(table.loc[n], 'k4_recall_top2') for n in rows],
-                         'K4 patterns, top 2%': [f"{table.loc[n, 'pattern_k4_recall_top2']:.3f}" for n in rows]},
-                        index=pd.Index([short_name(n) for n in rows], name='model'))
-
-def plot_headline(table:pd.DataFrame, # from `model_comparison`
-                 ):
-    "The models beside the ceilings: K4 PR-AUC and K4 recall at 2% as bars with their 95% intervals, drawn 640 px wide."
-    rows = headline_rows(table)[::-1]
-    colors = ['0.55' if n in (ORACLE, OBSERVABLE) else 'tab:blue' if n.startswith(MODEL) else 'tab:orange' for n in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 0.42 * len(rows) + 1.3), sharey=True, dpi=100)
-    for ax, m in zip(axes, HEADLINE_METRICS):
-        v, lo, hi = (table.loc[rows, f'{m}{s}'].to_numpy(float) for s in ('', '_lo', '_hi'))
-        ax.barh(range(len(rows)), v, color=colors, xerr=np.nan_to_num([v - lo, hi - v]), capsize=2, error_kw={'lw': 0.8})
-        for y, (x, top) in enumerate(zip(v, hi)): ax.text(np.nanmax([top, x]) + 0.01, y, f'{x:.2f}', va='center', fontsize=8)
-        ax.set_xlim(0, 1.05); ax.set_title(RANKING_NAMES.get(m, m).replace(' alerted', ''), fontsize=10)
-        ax.tick_params(labelsize=9); ax.grid(axis='x', color='0.9'); ax.set_axisbelow(True)
-    axes[0].set_yticks(range(len(rows)), [short_name(n) for n in rows])
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/07_validate.ipynb #9e7036c3
-def plot_backtest(bt:dict, # from `backtest` (not skipped)
-                 ):
-    "Equity curves of the signal trades and of every pattern, with the random picks' mean and band."
-    c, table = bt['curves'], bt['table']
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    lo, hi = (f'{RANDOM}, {q}%' for q in BAND)
-    if lo in c:
-        ax.fill_between(c.index, c[lo], c[hi], step='post', color='0.6', alpha=0.3, lw=0,
-                        label=f"random picks, {BAND[0]}–{BAND[1]}% band ({table.attrs['n_random']} picks)")
-        ax.step(c.index, c[f'{RANDOM}, mean'], where='post', color='0.4', ls='--', lw=1, label='random picks, mean')
-    for name, color in ((EVERY_PATTERN, 'tab:orange'), (SIGNAL_TRADES, 'tab:green')):
-        ax.step(c.index, c[name], where='post', color=color, lw=1.5, label=f"{name} ({table.loc[name, 'trades']} trades)")
-    ax.axhline(0, color='0.5', lw=0.8); ax.legend(fontsize=7, loc='upper left')
-    ax.set_ylabel('realised P&L, units of capital'); ax.set_xlabel('exit date')
-    ax.set_title('signal backtest: one unit of capital in equal stakes,\nP&L summed by exit date', fontsize=10)
-    fig.autofmt_xdate(); fig.tight_layout()
     return fig
 
 # %% ../nbs/07_validate.ipynb #71ec7599
@@ -1088,14 +605,6 @@ def jsonable(obj):
     if isinstance(obj, (pd.Timestamp, datetime)): return obj.isoformat()
     return obj
 
-def save_figure(fig, # matplotlib figure
-                path, # PNG to write
-               ) -> Path: # the path
-    "Save a figure as PNG atomically and close it."
-    with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format='png')
-    plt.close(fig)
-    return Path(path)
-
 def report_figures(results:dict, # from `run_checks`
                   ) -> dict: # figure key -> matplotlib figure
     "The figures of the report: six, and the backtest's when it ran."
@@ -1211,7 +720,7 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
                  seed:int=0, # seed of the audit sample, the bootstrap and the backtest's random picks, at least 0
                  metrics:str=None, # metrics JSON to write (default: metrics.json next to the report)
                  strict:bool=False, # exit with status 1 when a test fails
-                 no_provenance_check:bool=False, # validate predictions that record no provenance, or not the files given; the report says so
+                 provenance_check:bool=True, # refuse predictions that record no provenance, or not the files given (unchecked, the report says so)
                  comparison:str=None, # model_comparison.csv written by k4-train: every model and ceiling on the same rows, added to the report
                 ):
     "Temporal-integrity tests, metrics and figures of a predictions file."
@@ -1224,228 +733,9 @@ def validate_cli(predictions:str, # predictions parquet written by k4-predict (n
                   {'--predictions': predictions, '--sequences': sequences, '--ohlcv': ohlcv, '--model': model, '--truth': truth,
                    '--comparison': comparison})
     res = validate(predictions, output, sequences, ohlcv, model, scope, n_audit, seed, metrics, truth=truth, n_boot=n_boot,
-                   provenance=not no_provenance_check, comparison=comparison)
+                   provenance=provenance_check, comparison=comparison)
     for c in res['checks']: print(f"Test {c['test']}: {c['name']}: {c['status']}")
     print('\n'.join(res['verdict']['lines']))
     print(f"report: {res['report']}; metrics: {res['metrics']}")
     if strict and not res['verdict']['passed']: sys.exit(1)
 
-
-# %% ../nbs/07_validate.ipynb #a7498dcc
-EVALUATION_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'pattern_k4_recall_top2', 'ev_corr']
-
-def evaluation_variants(losses:list=('asymmetric', 'cross_entropy', 'focal'), # one MambaAttention per loss
-                        k4_weights:list=(), # extra asymmetric runs with these K4 weights (the sweep)
-                        model_sizes:list=(), # extra asymmetric runs with these model sizes
-                        lightgbm:bool=True, # add the LightGBM window baseline
-                        precursor:bool=True, # add the precursor baseline (a linear model of four bar statistics)
-                        **recipe, # the shared training settings (model_size, k4_weight, epochs, ...)
-                       ) -> dict: # model name -> keyword arguments of `fit_model` (of `lightgbm_baseline`, `precursor_baseline`)
-    "The models of a walk-forward comparison: the losses, then one-knob variations of the asymmetric recipe."
-    variants = {f'MambaAttention ({loss})': {**recipe, 'loss': loss} for loss in losses}
-    variants |= {f'MambaAttention (asymmetric, K4 weight {w:g})': {**recipe, 'loss': 'asymmetric', 'k4_weight': float(w)} for w in k4_weights}
-    variants |= {f'MambaAttention (asymmetric, {size})': {**recipe, 'loss': 'asymmetric', 'model_size': size} for size in model_sizes}
-    k4_weight = {'k4_weight': float(recipe.get('k4_weight', RECIPE.k4_weight))}
-    return variants | ({LIGHTGBM: k4_weight} if lightgbm else {}) | ({PRECURSOR: k4_weight} if precursor else {})
-
-def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (from `load_training_data`)
-                 variants:dict, # from `evaluation_variants`
-                 workdir, # models are written under workdir/fold{k}/seed{s}/...
-                 n_folds:int=3, # walk-forward folds
-                 seeds:list=(0, 1, 2), # training seeds
-                 episodes:pd.DataFrame=None, # the answer key: adds the oracle on every fold; None: no ceiling
-                 first_ratio:float=0.5, # date quantile where the first validation block starts
-                 inner_ratio:float=RECIPE.inner_ratio, # selection slice of each fold's training period
-                 done:pd.DataFrame=None, # rows of an interrupted evaluation to keep (their fold, seed, model are skipped)
-                 on_row=None, # called with the results so far after each model (e.g. to save them)
-                ) -> pd.DataFrame: # one row per fold x seed x model: fold, seed, model, split_date, n_val, n_k4, seconds, EVALUATION_METRICS
-    "Train and score every variant on every walk-forward fold and seed; the oracle once per fold."
-    rows = [] if done is None else done.to_dict('records')
-    have = {(r['fold'], r['seed'], r['model']) for r in rows}
-    for k, (train, val, info) in enumerate(walk_forward_folds(data['meta'], n_folds, first_ratio), 1):
-        fold = fold_data(data, train, val, info, inner_ratio)
-        y, pattern = data['y'][val], data['meta']['pattern_id'].to_numpy()[val]
-        def add(seed, name, model, seconds):
-            m = ranking_metrics(model['score'], y, pattern, model.get('ev'), model.get('pred'))
-            rows.append({'fold': k, 'seed': seed, 'model': name, 'split_date': info['split_date'], 'n_val': len(val),
-                         'n_k4': int((y == K4).sum()), 'seconds': round(seconds, 1), **{c: m[c] for c in EVALUATION_METRICS}})
-            if on_row is not None: on_row(pd.DataFrame(rows))
-        if episodes is not None and (k, -1, ORACLE) not in have:
-            add(-1, ORACLE, oracle_model(data['meta'].iloc[val], data['meta'].iloc[fold['fit']], episodes), 0.0)
-        if episodes is not None and (k, -1, OBSERVABLE) not in have:
-            t0 = time.perf_counter()
-            add(-1, OBSERVABLE, observable_model(data, val, fold['fit'], episodes), time.perf_counter() - t0)
-        for seed in seeds:
-            for name, kwargs in variants.items():
-                if (k, seed, name) in have: continue
-                t0 = time.perf_counter()
-                if name == LIGHTGBM: probs = lightgbm_baseline(fold, seed=seed, **kwargs)['probs']
-                elif name == PRECURSOR: probs = precursor_baseline(fold, **kwargs)['probs']
-                else:
-                    res = fit_model(fold, Path(workdir) / f'fold{k}' / f'seed{seed}' / name.replace(' ', '_'), seed=seed,
-                                    verbose=False, progress=False, **kwargs)
-                    probs = checkpoint_probs(res['best'], fold, val)
-                add(seed, name, model_scores(probs), time.perf_counter() - t0)
-    return pd.DataFrame(rows)
-
-# %% ../nbs/07_validate.ipynb #a1b1edc7
-def evaluation_summary(results:pd.DataFrame, # from `walk_forward`
-                      ) -> pd.DataFrame: # per model: runs, then mean and std of each metric (+ its shares of the oracle's and the observable ceiling's on the same fold)
-    "Mean ± std over folds x seeds per model; the shares of the ceilings are taken fold by fold, then averaged."
-    r = results.copy()
-    for ceiling, suffix in ((ORACLE, 'share'), (OBSERVABLE, 'of_observable')):
-        per_fold = r[r['model'] == ceiling].set_index('fold')
-        for m in EVALUATION_METRICS:
-            if len(per_fold): r[f'{m}_{suffix}'] = r[m] / r['fold'].map(per_fold[m]).where(lambda v: v > 0)
-    cols = [c for m in EVALUATION_METRICS for c in (m, f'{m}_share', f'{m}_of_observable') if c in r]
-    g = r.groupby('model', sort=False)
-    out = pd.concat({'mean': g[cols].mean(), 'std': g[cols].std(ddof=1)}, axis=1).swaplevel(axis=1)
-    out = out[[(c, s) for c in cols for s in ('mean', 'std')]]
-    out.insert(0, ('runs', ''), g.size())
-    return out
-
-def summary_display(summary:pd.DataFrame, # from `evaluation_summary`
-                   ) -> pd.DataFrame: # metric (rows, 'runs' first) x model (columns): 'mean ± std' (shares of the ceilings in %)
-    "The summary as a readable table: one column per model, so it stays narrow however many metrics it has."
-    show = lambda m, s, pct: '–' if pd.isna(m) else (f'{100 * m:.0f}% ± {100 * s:.0f}' if pct else f'{m:.3f} ± {s:.3f}') if pd.notna(s) else (f'{100 * m:.0f}%' if pct else f'{m:.3f}')
-    shares = {'_share': 'share of the oracle', '_of_observable': 'share of the observable ceiling'}
-    def name(c):
-        suffix = next((s for s in shares if c.endswith(s)), None)
-        return f"{RANKING_NAMES.get(c[:-len(suffix)], c[:-len(suffix)])}: {shares[suffix]}" if suffix else RANKING_NAMES.get(c, c)
-    rows = {'runs': summary[('runs', '')].astype(str)}
-    for c in dict.fromkeys(c for c, _ in summary.columns[1:]):
-        rows[name(c)] = [show(summary.loc[i, (c, 'mean')], summary.loc[i, (c, 'std')], c.endswith(tuple(shares))) for i in summary.index]
-    return pd.DataFrame(rows, index=summary.index).T
-
-def plot_evaluation(results:pd.DataFrame, # from `walk_forward`
-                   ):
-    "Every fold x seed result per model and metric, with the mean; the oracle's per-fold values as grey ticks."
-    models = [m for m in results['model'].unique() if m != ORACLE]
-    fig, axes = plt.subplots(2, 2, figsize=(7.5, 2 * (0.4 * len(models) + 1.1)), sharey=True)
-    for ax, metric in zip(axes.flat, EVALUATION_METRICS):
-        for i, m in enumerate(models):
-            v = results.loc[results['model'] == m, [metric, 'fold']]
-            ax.scatter(v[metric], i + 0.12 * (v['fold'] - 2), s=14, c=v['fold'], cmap='viridis', vmin=1, vmax=max(results['fold'].max(), 2))
-            ax.plot([v[metric].mean()] * 2, [i - 0.35, i + 0.35], color='k', lw=2)
-        for v in results.loc[results['model'] == ORACLE, metric]:
-            ax.axvline(v, color='0.6', ls=':', lw=1)
-        ax.set_title(RANKING_NAMES.get(metric, metric), fontsize=9); ax.axvline(0, color='0.8', lw=0.8)
-    for row in axes: row[0].set_yticks(range(len(models)), [short_name(m) for m in models], fontsize=8)
-    axes[0, 0].invert_yaxis()
-    fig.suptitle('walk-forward folds x seeds (dots: by fold; black: mean; dotted: the oracle per fold)', fontsize=10)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/07_validate.ipynb #62fe3b82
-EVALUATION_FILES = ('evaluation.csv', 'evaluation_summary.csv', 'evaluation.png', 'evaluation.json')
-
-def _resumable(out:Path, # the evaluation folder
-               settings:dict, # what the rows depend on: the inputs' fingerprints, the folds and every model's recipe
-              ):
-    "Refuse to resume rows made from other inputs or settings, in one line naming what differs."
-    try: before = json.loads((out / EVALUATION_FILES[3]).read_text())
-    except (OSError, ValueError): before = None
-    if before is None:
-        raise UsageError(f"--resume: {out / EVALUATION_FILES[3]} is missing or unreadable, so nothing shows how the rows in "
-                         f"{out / EVALUATION_FILES[0]} were made; use a new --output-dir")
-    now = json.loads(json.dumps(settings, default=str))
-    if differ := [k for k in now if before.get(k) != now[k]]:
-        raise UsageError(f"--resume: the rows in {out} were made with other {', '.join(differ)} "
-                         f"({'; '.join(f'{k}: {before.get(k)} then, {now[k]} now' for k in differ)[:300]}); "
-                         "rerun with the same inputs and settings, or use a new --output-dir")
-
-def _numbers(text:str, # comma-separated values, e.g. '50,200'
-             flag:str, # the flag, for messages
-             kind=float, # the type of each value
-            ) -> list:
-    "A comma-separated flag value as a list, or a one-line error naming the flag."
-    try: return [kind(v) for v in text.split(',') if v.strip()] if text else []
-    except ValueError: raise UsageError(f"{flag} must be comma-separated {kind.__name__} values, got {text!r}") from None
-
-@command('k4-evaluate')
-def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (never modified)
-                 output_dir:str, # folder for evaluation.csv, evaluation_summary.csv, evaluation.png and the models; not the sequences' folder
-                 folds:int=3, # walk-forward folds, at least 1
-                 seeds:int=3, # training seeds per fold (0, 1, ...), at least 1
-                 losses:str='asymmetric,cross_entropy,focal', # MambaAttention losses to compare, comma-separated
-                 k4_weights:str='', # extra asymmetric runs with these K4 weights, comma-separated (e.g. 50,200,500,2000)
-                 model_sizes:str='', # extra asymmetric runs with these model sizes, comma-separated (e.g. small,base)
-                 no_lightgbm:bool=False, # leave out the LightGBM window baseline
-                 model_size:Literal[tuple(MODEL_SIZES)]=RECIPE.model_size, # MambaAttention preset of the shared recipe
-                 epochs:int=RECIPE.epochs, # training epochs, at least 1
-                 batch_size:int=RECIPE.batch_size, # sequences per step, at least 1
-                 learning_rate:float=RECIPE.learning_rate, # peak AdamW learning rate, above 0
-                 k4_weight:float=RECIPE.k4_weight, # class weight of K4 of the shared recipe, above 0
-                 truth:str=None, # the synthetic market's answer key (episodes.parquet): adds the oracle ceiling per fold
-                 first_ratio:float=0.5, # date quantile where the first validation block starts, between 0 and 1
-                 resume:bool=False, # keep the rows of an interrupted evaluation in --output-dir and run only the missing ones
-                 no_provenance_check:bool=False, # accept a sequences file without the builder's provenance metadata
-                ):
-    "Walk-forward folds x seeds: every model trained, selected and calibrated per fold, scored on the fold's validation rows."
-    out = Path(output_dir)
-    check_outputs({'--output-dir': output_dir}, {'--sequences': sequences, '--truth': truth})
-    check_flag(folds >= 1, '--folds', folds, 'at least 1'); check_flag(seeds >= 1, '--seeds', seeds, 'at least 1')
-    check_flag(0 < first_ratio < 1, '--first-ratio', first_ratio, 'strictly between 0 and 1')
-    sizes, loss_names = _numbers(model_sizes, '--model-sizes', str), _numbers(losses, '--losses', str)
-    for flag, given, allowed in [('--losses', loss_names, LOSSES), ('--model-sizes', sizes + [model_size], MODEL_SIZES)]:
-        if bad := [v for v in given if v not in allowed]: raise UsageError(f"{flag}: {bad} not among {list(allowed)}")
-    check_flag(not same_or_inside(Path(sequences).resolve(), out.resolve()), '--output-dir', output_dir,
-               'a folder that does not hold --sequences (the models and tables would mix with the inputs)')
-    check_settings(epochs, batch_size, learning_rate, 1, k4_weight, model_size)
-    variants = evaluation_variants(loss_names, _numbers(k4_weights, '--k4-weights'), sizes, not no_lightgbm, model_size=model_size,
-                                   epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, k4_weight=k4_weight)
-    settings = {'sequences': fingerprint(sequences), 'truth': fingerprint(truth) if truth else None, 'folds': folds,
-                'first_ratio': first_ratio, 'models': variants}   # seeds may grow: each row names its seed
-    done = None
-    if resume and (out / EVALUATION_FILES[0]).exists():
-        _resumable(out, settings)
-        done = pd.read_csv(out / EVALUATION_FILES[0])
-    episodes = read_truth(truth) if truth else None
-    data = load_training_data(sequences, provenance_check=not no_provenance_check)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / EVALUATION_FILES[3]) as tmp: tmp.write_text(json.dumps(settings, default=str, indent=1))
-    def save(rows):
-        with atomic_write(out / EVALUATION_FILES[0]) as tmp: rows.to_csv(tmp, index=False)
-        print(f"fold {rows['fold'].iloc[-1]} seed {rows['seed'].iloc[-1]} {rows['model'].iloc[-1]}: "
-              + ', '.join(f"{m} {rows[m].iloc[-1]:.3f}" for m in EVALUATION_METRICS), flush=True)
-    try: results = walk_forward(data, variants, out / 'models', folds, list(range(seeds)), episodes, first_ratio, done=done, on_row=save)
-    except SplitError as e: raise UsageError(f"--folds {folds} / --first-ratio {first_ratio}: {e}") from None
-    summary = evaluation_summary(results)
-    with atomic_write(out / EVALUATION_FILES[1]) as tmp: summary.to_csv(tmp)
-    save_figure(plot_evaluation(results), out / EVALUATION_FILES[2])
-    print(summary_display(summary).to_string())
-
-# %% ../nbs/07_validate.ipynb #dadb5ccb
-STRENGTH_METRICS = ['k4_pr_auc', 'k4_recall_top2']
-
-def strength_table(results:pd.DataFrame, # evaluation rows (`walk_forward`) of several markets, with their `strength`
-                  ) -> pd.DataFrame: # index (strength, model); K4 PR-AUC and recall at 2%: mean, std and share of the oracle's; chance
-    "Each model's K4 figures per precursor strength, and their shares of the q-oracle's on the same rows."
-    parts = {}
-    for s, rows in results.groupby('strength'):
-        summary = evaluation_summary(rows)
-        cols = [(c, stat) for m in STRENGTH_METRICS for c in (m, f'{m}_share') for stat in ('mean', 'std')]
-        part = summary[[c for c in cols if c in summary.columns]].copy()
-        part.columns = [f'{c}_{stat}' for c, stat in part.columns]
-        part['chance_k4_pr_auc'] = (rows['n_k4'] / rows['n_val']).mean()   # a random ranking's PR-AUC: the K4 share
-        part['chance_k4_recall_top2'] = 0.02                               # a random 2% of the rows finds 2% of the K4s
-        parts[s] = part
-    return pd.concat(parts, names=['strength', 'model'])
-
-def plot_strength(table:pd.DataFrame, # from `strength_table`
-                 ):
-    "Share of the q-oracle's K4 PR-AUC and recall at 2% against precursor strength, one line per model, chance dashed."
-    models = [m for m in table.index.get_level_values('model').unique() if m != ORACLE]
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.8))
-    for ax, metric in zip(axes, STRENGTH_METRICS):
-        for m in models:
-            t = table.xs(m, level='model')
-            ax.errorbar(t.index, t[f'{metric}_share_mean'], yerr=t[f'{metric}_share_std'].fillna(0), marker='o', capsize=3, label=m)
-        oracle = table.xs(ORACLE, level='model')
-        ax.plot(oracle.index, oracle[f'chance_{metric}'] / oracle[f'{metric}_mean'], 'k--', lw=1, label='chance')
-        ax.set_xlabel('precursor strength (×, 1 = the bench)'); ax.set_xticks(oracle.index)
-        ax.set_ylabel(f"{RANKING_NAMES.get(metric, metric)}\nshare of the q-oracle's"); ax.set_ylim(0, None)
-    axes[0].legend(fontsize=8, loc='upper left')
-    fig.suptitle('signal strength against learning: mean ± std over seeds, main split', fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -17,8 +17,10 @@ from k4_nbdev.core import fingerprint
 from k4_nbdev.sequences import FEATURES
 from k4_nbdev.scoring import apply_scaler, calibrated_proba, fit_scaler, load_checkpoint, model_from_checkpoint, predict_proba
 from k4_nbdev.metrics import classification_metrics, average_precision, calibration_error
+from k4_nbdev.references import window_summaries, WINDOW_STATS
+from k4_nbdev.scoring import fit_calibration
 from k4_nbdev.train import (SplitError, purged_split, train, walk_forward_folds, train_cli, selection_split, fold_data,
-                            window_summaries, WINDOW_STATS, fit_calibration, epoch_order, warmup_cosine)
+                            epoch_order, warmup_cosine)
 from k4_nbdev.testing import exit_of, rewritten
 
 L, F = 12, len(FEATURES)

@@ -20,16 +20,18 @@ from k4_nbdev.predict import predict
 from k4_nbdev.patterns import market_snapshots
 from k4_nbdev.sequences import bar_features, build_sequences, market_sequences, read_sequences, ticker_sequences
 from k4_nbdev.metrics import classification_metrics
-from k4_nbdev.train import PRECURSOR, load_training_data, precursor_baseline, precursor_stats
+from k4_nbdev.references import PRECURSOR, precursor_baseline, precursor_stats
+from k4_nbdev.train import load_training_data
 from k4_nbdev.metrics import bootstrap_metrics, calibration_table, confusion_matrix, pattern_resamples, ranking_metrics
-from k4_nbdev.validate import (COMPARISON_FILE, ENTRY_SIGNALS, EVERY_PATTERN, FAIL, KEY, NO_SIGNAL, OBSERVABLE, ORACLE,
-                               PASS, SIGNAL_TRADES, SKIPPED, UNKNOWN, backtest, class_drift_check, equity_curve,
-                               ev_correlation_check, first_snapshots, future_contamination_check,
-                               k4_recall_consistency_check, max_drawdown, model_scores, observable_model, oracle_model,
-                               paired_display, per_class_table, quality_ev, quality_table, random_picks, render_report,
-                               run_checks, run_trades, scored_rows, signal_quality, simulate_trade, split_purge_check,
-                               strong_signal_check, temporal_audit_check, temporal_sequence_check, validate,
-                               validate_cli)
+from k4_nbdev.backtest import (ENTRY_SIGNALS, EVERY_PATTERN, KEY, SIGNAL_TRADES, backtest, equity_curve,
+                               first_snapshots, max_drawdown, random_picks, run_trades, simulate_trade)
+from k4_nbdev.references import (COMPARISON_FILE, OBSERVABLE, ORACLE, model_scores, observable_model, oracle_model,
+                                 quality_ev, quality_table)
+from k4_nbdev.validate import (FAIL, NO_SIGNAL, PASS, SKIPPED, UNKNOWN, class_drift_check, ev_correlation_check,
+                               future_contamination_check, k4_recall_consistency_check, paired_display,
+                               per_class_table, render_report, run_checks, scored_rows, signal_quality,
+                               split_purge_check, strong_signal_check, temporal_audit_check, temporal_sequence_check,
+                               validate, validate_cli)
 from k4_nbdev.testing import exit_of, flat_path, one_bar_ahead, simulate, toy
 
 
@@ -635,7 +637,7 @@ def small_market(tmp_path_factory):
 
 
 def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
-    from k4_nbdev.validate import EVALUATION_FILES, evaluate_cli
+    from k4_nbdev.evaluate import EVALUATION_FILES, evaluate_cli
     before = fingerprint(small_market / 'sequences.parquet')
     argv = ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev'), '--folds', '2',
             '--seeds', '2', '--epochs', '1', '--losses', 'asymmetric', '--truth', str(small_market / 'episodes.parquet')]
@@ -670,14 +672,14 @@ def test_evaluate_walk_forward_folds_by_seeds(small_market, tmp_path, capsys):
                                         (['--k4-weights', '50,x'], '--k4-weights must be comma-separated'),
                                         (['--first-ratio', '1.5'], '--first-ratio must be strictly between 0 and 1'), (['--model-sizes', 'huge'], '--model-sizes')])
 def test_evaluate_bad_flags_are_one_line(small_market, tmp_path, extra, says):
-    from k4_nbdev.validate import evaluate_cli
+    from k4_nbdev.evaluate import evaluate_cli
     code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev'),
                                        '--epochs', '1', *extra])
     assert code != 0 and says in msg and '\n' not in msg.strip()
 
 
 def test_evaluate_never_writes_into_its_input(small_market):
-    from k4_nbdev.validate import evaluate_cli
+    from k4_nbdev.evaluate import evaluate_cli
     code, msg = exit_of(evaluate_cli, ['--sequences', str(small_market / 'sequences.parquet'), '--output-dir', str(small_market / 'sequences.parquet')])
     assert code == 1 and '--output-dir' in msg
     before = sorted(p.name for p in small_market.iterdir())
