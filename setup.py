@@ -1,7 +1,9 @@
 "Setup for k4_nbdev: every value comes from settings.ini (nbdev 2 layout)."
+import ast
 from configparser import ConfigParser
 from pathlib import Path
 import setuptools
+from setuptools.command.build_py import build_py
 
 assert Path('settings.ini').exists(), 'run setup.py from the project root, next to settings.ini'
 config = ConfigParser(delimiters=['='])
@@ -16,6 +18,24 @@ requirements = cfg.get('requirements', '').split()
 # every NAME_requirements key of settings.ini is the extra NAME (docs, notebooks, dev, real, cuda)
 extras = {key[:-len('_requirements')]: cfg[key].split() for key in cfg if key.endswith('_requirements')}
 scripts = [s.strip() for s in cfg.get('console_scripts', '').splitlines() if s.strip()]
+
+def stage_notebooks() -> list:
+    "nbs/ files the pipeline runs: the STAGES of pipeline.py (read, not imported) and the kept results their cells read."
+    tree = ast.parse(Path(cfg['lib_path'], 'pipeline.py').read_text(encoding='utf-8'))
+    stages = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  and any(getattr(t, 'id', None) == 'STAGES' for t in n.targets))
+    return [Path('nbs', f'{s}.ipynb') for s in stages] + sorted(Path('nbs', 'results').glob('*.csv'))
+
+class BuildPyWithNotebooks(build_py):
+    """Copy the stage notebooks into the built package as `k4_nbdev/nbs/`, so an installed package runs its pipeline.
+    nbs/ stays their one source; an editable install reads the clone's nbs/ itself (`pipeline.nbs_dir`)."""
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False): return
+        for src in stage_notebooks():
+            dest = Path(self.build_lib, cfg['lib_path'], src)
+            self.mkpath(str(dest.parent))
+            self.copy_file(str(src), str(dest))
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -35,4 +55,5 @@ setuptools.setup(
     python_requires='>=' + cfg['min_python'],
     entry_points={'console_scripts': scripts, 'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},
     zip_safe=False,
+    cmdclass={'build_py': BuildPyWithNotebooks},
 )

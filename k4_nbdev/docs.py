@@ -39,7 +39,7 @@ try:   # the `docs` extra; without it k4-docs ends in one line naming the extra 
 except ImportError as e: _docs_missing = e.name or str(e)
 
 from .core import atomic_write, check_outputs, command, save_figure, UsageError
-from .pipeline import run_stage
+from .pipeline import nbs_dir, run_stage
 from .references import COMPARISON_FILE, headline_display, headline_sentence, plot_headline
 from .validate import md_table
 
@@ -416,7 +416,8 @@ def latest_result(run_dir=None, # a pipeline run folder (its model_comparison.cs
     if mine is not None and mine.exists():
         table = pd.read_csv(mine, index_col=0)
         if table['n_k4'].max() >= RESULT_MIN_K4: return table, f"this run, `{Path(run_dir).name}`"
-    return pd.read_csv(project_root() / RESULT_TABLE, index_col=0), 'the last quick run, kept in `nbs/results/`'
+    kept = nbs_dir() / RESULT_TABLE.relative_to('nbs')   # a clone's nbs/, or the installed package's copy: no settings.ini needed
+    return pd.read_csv(kept, index_col=0), 'the last quick run, kept in `nbs/results/`'
 
 def result_markdown(table:pd.DataFrame, # a comparison (`latest_result`)
                     source:str, # where it comes from, in words

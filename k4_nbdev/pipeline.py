@@ -44,12 +44,15 @@ RUN_DEFAULTS = dict(data_source='synthetic', scale='quick', seed=0, workers=2, s
 ARTIFACTS = {'00_data': 'ohlcv', '01_patterns': 'snapshots.parquet', '02_sequences': 'sequences.parquet',
              '05_train': 'model/best.pt', '06_predict': 'predictions.parquet', '07_validate': 'validation_report.md'}
 
-def nbs_dir() -> Path:
-    "The folder of the numbered notebooks (the project's `nbs/`, next to the package)."
-    path = Path(k4_nbdev.__file__).resolve().parent.parent / 'nbs'
-    if not path.is_dir(): raise FileNotFoundError(f"notebook folder {path} not found: the pipeline runs the project's "
-                                                   "notebooks, so install k4_nbdev from a clone (`pip install -e .`)")
-    return path
+def nbs_dir(package:Path=None, # the k4_nbdev package folder (default: the one imported)
+           ) -> Path: # the folder the stage notebooks are run from
+    "The stage notebooks: a clone's `nbs/` (beside the package and settings.ini), else the copy inside an installed package."
+    pkg = Path(package or Path(k4_nbdev.__file__).resolve().parent)
+    clone, installed = pkg.parent / 'nbs', pkg / 'nbs'
+    if (pkg.parent / 'settings.ini').is_file() and clone.is_dir(): return clone
+    if installed.is_dir(): return installed
+    raise FileNotFoundError(f"no stage notebooks in {installed} (an installed package) or {clone} (a clone): reinstall "
+                            "k4_nbdev with pip, whose wheel carries them, or run k4-pipeline from a clone")
 
 def stage_parameters(stage:str, # notebook name without suffix, e.g. '00_data'
                     ) -> dict: # parameter name -> default declared in its `parameters` cell
@@ -183,7 +186,7 @@ def stage_changed(run_dir:Path, # run folder
     return ''
 
 def run_pipeline(name:str='quick', # run name: the folder `runs_root/name` (a plain folder name)
-                 runs_root='runs', # parent folder of the runs
+                 runs_root='runs', # parent folder of the runs (relative: to the current folder, installed or in a clone)
                  params:dict=None, # run parameters (defaults: RUN_DEFAULTS); `output_dir` is set to the run folder
                  stages:list=None, # stage notebooks to run (default: all of STAGES)
                  resume:bool=False, # skip the stages done in this run folder with the same parameters whose outputs are intact
@@ -291,7 +294,7 @@ def run_cli(name:str='quick', # run name: the folder under --runs-root (a plain 
             scale:Literal[tuple(SCALES)]=RUN_DEFAULTS['scale'], # synthetic market preset
             data_source:str=RUN_DEFAULTS['data_source'], # 'synthetic', 'real' or the path of an OHLCV store (never modified)
             seed:int=RUN_DEFAULTS['seed'], # random seed of every stage, at least 0
-            runs_root:str='runs', # parent folder of runs
+            runs_root:str='runs', # parent folder of runs (relative to the current folder)
             resume:bool=False, # continue a run: skip the stages whose outputs are intact, run the others and all after them
             model_size:Literal[tuple(MODEL_SIZES)]=None, # MambaAttention preset (default: the training recipe's)
             backend:Literal[BACKENDS]=None, # sequence-layer backend (default: the training recipe's)

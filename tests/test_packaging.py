@@ -1,9 +1,12 @@
-"Packaging: settings.ini's requirements cover what the console scripts and the pipeline's notebooks import (no installs here)."
+"""Packaging: settings.ini's requirements cover what the console scripts and the pipeline's notebooks import, and the
+wheel carries the stage notebooks the pipeline runs (built here without network; nothing is installed)."""
 import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from configparser import ConfigParser
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, packages_distributions, requires
@@ -196,3 +199,56 @@ def test_pipeline_notebook_real_samples_are_installed_by_requirements():
                         pkg = sources[t][0]
                         if not dists_of(pkg) & installed: missing.append(f"{nb.name} loads {t} from {pkg}")
     assert not missing, 'not installed by `requirements`:\n' + '\n'.join(missing)
+
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory) -> Path:
+    "The package's wheel, built from a copy of the clone's sources (pip leaves build/ and egg-info beside the sources)."
+    src, out = tmp_path_factory.mktemp('src'), tmp_path_factory.mktemp('wheel')
+    for name in ['setup.py', 'settings.ini', 'README.md', 'MANIFEST.in']: shutil.copy(ROOT / name, src)
+    for d in ['k4_nbdev', 'nbs']: shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
+    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', str(out), str(src)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return next(out.glob('*.whl'))
+
+def run_time_files() -> set:
+    "nbs/ files the pipeline reads at run time: its stage notebooks, what their code cells read from nbs/results/, and the kept quick-run table of the home page (`docs.latest_result`)."
+    files = {nb.relative_to(ROOT / 'nbs').as_posix() for nb in stage_notebooks()}
+    for nb in stage_notebooks():
+        for cell in json.loads(nb.read_text())['cells']:
+            if cell['cell_type'] == 'code': files |= set(re.findall(r"""['"](results/[^'"]+)['"]""", ''.join(cell['source'])))
+    files.add(re.search(r"RESULT_TABLE = Path\('nbs/([^']+)'\)", (PKG / 'docs.py').read_text()).group(1))
+    return files
+
+def test_wheel_carries_the_stage_notebooks(wheel):
+    "Every file the pipeline runs or reads from nbs/ is in the wheel under k4_nbdev/nbs/, byte for byte nbs/'s (the one source)."
+    files = run_time_files()
+    assert {'00_data.ipynb', 'index.ipynb', 'results/walk_forward_quick.csv', 'results/comparison_quick.csv'} <= files
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        missing = sorted(f for f in files if f'k4_nbdev/nbs/{f}' not in names)
+        assert not missing, f"{wheel.name} lacks {missing}"
+        assert all(z.read(f'k4_nbdev/nbs/{f}') == (ROOT / 'nbs' / f).read_bytes() for f in files)
+    assert not any(n.startswith('nbs/') for n in names), 'the notebooks go inside the package, not beside it'
+
+def test_installed_wheel_runs_its_own_notebooks(wheel, tmp_path):
+    "Unpacked as pip installs it (no clone around it), `nbs_dir` is the package's nbs/ and the stages' parameters read from it."
+    site, elsewhere = tmp_path / 'site-packages', tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    with zipfile.ZipFile(wheel) as z: z.extractall(site)
+    code = (f"import sys; sys.path.insert(0, {str(site)!r})\n"
+            "import k4_nbdev.pipeline as p\n"
+            "print(p.__file__); print(p.nbs_dir()); print(sorted(p.stage_parameters('05_train')))\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=elsewhere, timeout=120)
+    assert r.returncode == 0, r.stderr
+    module, nbs, params = r.stdout.strip().splitlines()
+    assert Path(module) == site / 'k4_nbdev' / 'pipeline.py'
+    assert Path(nbs) == site / 'k4_nbdev' / 'nbs'
+    assert 'epochs' in params and 'output_dir' in params
+
+def test_clone_runs_its_own_notebooks():
+    "In a clone (the Makefile's editable install) the pipeline runs nbs/ itself, so an edited notebook runs as it is."
+    from k4_nbdev.pipeline import nbs_dir
+    assert nbs_dir() == ROOT / 'nbs'
+    assert not (PKG / 'nbs').exists(), "k4_nbdev/nbs/ is made in the wheel only: nbs/ is the notebooks' one source"
