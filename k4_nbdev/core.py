@@ -104,7 +104,7 @@ def read_metadata(path, # parquet file written by `write_table`
     if recorded is None and required: raise KeyError(f"{path} records no k4_nbdev provenance")
     return json.loads(recorded) if recorded is not None else {}
 
-# %% ../nbs/00_core.ipynb #6d16d645
+# %% ../nbs/00_core.ipynb #d61adcbb
 class UsageError(ValueError):
     "A flag value a command cannot work with; the message names the flag."
 
@@ -140,6 +140,7 @@ def os_error_line(e:OSError) -> str:
 
 USER_ERRORS = (ValueError, KeyError, OSError)   # OHLCVError and UsageError are ValueErrors
 
+# %% ../nbs/00_core.ipynb #3375ba0b
 def _flag_kwargs(d) -> dict:
     "argparse keywords of one docmented argument."
     kw, anno, default = {'help': (d.docment or '').replace('%', '%%')}, d.anno, d.default   # argparse formats help with %
@@ -182,6 +183,7 @@ def command(prog:str, # the console script's name, e.g. 'k4-patterns'
         return main
     return decorate
 
+# %% ../nbs/00_core.ipynb #9f478d37
 def progress_bar(*args, # passed to tqdm (an iterable, or nothing with total=)
                  show:bool=True, # the caller's switch (e.g. its `progress` argument)
                  **kwargs, # passed to tqdm: total, desc, unit, leave

@@ -156,7 +156,7 @@ def write_store(frames:dict, # ticker -> OHLCV frame
             else: f[OHLCV_COLUMNS].to_csv(tmp, index=False, date_format='%Y-%m-%d')
     return path
 
-# %% ../nbs/00_data.ipynb #d3e3d7e8
+# %% ../nbs/00_data.ipynb #60781c59
 def _store_files(path:Path) -> dict:
     if not path.is_dir(): raise FileNotFoundError(f"OHLCV store {path} does not exist (expected a folder of "
                                                   "{TICKER}.parquet/.csv files or a long .parquet file)")
@@ -209,6 +209,7 @@ def read_store(path, # store folder or long parquet file
         if reports is not None and len(report): reports.append(report)
     return out
 
+# %% ../nbs/00_data.ipynb #6cc1760d
 def _validated(source, # a ticker's frame, or the path of its file
                ticker:str, on_error:str='raise') -> tuple:
     "`validate_ohlcv` of a ticker's frame or file."
@@ -246,7 +247,6 @@ class StoreFrames(Mapping):
     def __len__(self): return len(self.tickers)
     def __contains__(self, ticker): return ticker in (self._files if self._files is not None else set(self.tickers))
     def __getstate__(self): return {**self.__dict__, '_long': None}   # a worker gets the path, not the frames
-
 
 # %% ../nbs/00_data.ipynb #d8224688
 @dataclass(frozen=True)

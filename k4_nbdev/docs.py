@@ -78,7 +78,7 @@ def stage_sources(dest:Path, # empty staging folder
         shutil.rmtree(dest / 'notebooks')
     return executed
 
-_TEMP = re.compile(r'/tmp/(?:pytest-of-[\w-]+/pytest-\d+/[\w.-]+|tmp[\w]+)')   # temporary folders of tests and lessons
+_TEMP = re.compile(r'/tmp/(?:pytest-of-[\w-]+(?:/pytest-\d*(?:/[\w.-]+)?)?|tmp[\w]+)')   # temporary folders of tests and lessons
 _ASSIGN = re.compile(r"^(\w+)\s*=\s*(.+?)(?:\s+#\s*(.*))?$")
 
 def without_local_paths(text:str, # an output's text

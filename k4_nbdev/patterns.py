@@ -312,7 +312,7 @@ def ticker_snapshots(df:pd.DataFrame, # one ticker's OHLCV
     return patterns, label_snapshots(df, take_snapshots(df, patterns, snapshot_every))
 
 # %% ../nbs/01_patterns.ipynb #0582af2f
-def _ticker_job(args:tuple, # (frames: a mapping holding the ticker, e.g. a `StoreFrames`; ticker; qualifying_days; snapshot_every)
+def _pattern_job(args:tuple, # (frames: a mapping holding the ticker, e.g. a `StoreFrames`; ticker; qualifying_days; snapshot_every)
                ) -> tuple: # (patterns, snapshots, warning messages)
     "`ticker_snapshots` in a worker, which reads its ticker's frame itself, with its warnings collected."
     frames, ticker, *rest = args
@@ -322,10 +322,10 @@ def _ticker_job(args:tuple, # (frames: a mapping holding the ticker, e.g. a `Sto
     return patterns, snapshots, [str(w.message) for w in caught]
 
 def _chunk_job(args:tuple, # (a mapping holding the tickers; tickers; qualifying_days; snapshot_every)
-              ) -> list: # `_ticker_job` of each ticker, in order
-    "A chunk of tickers in a Dask worker: `_ticker_job` each (a `StoreFrames` reads them from the store there)."
+              ) -> list: # `_pattern_job` of each ticker, in order
+    "A chunk of tickers in a Dask worker: `_pattern_job` each (a `StoreFrames` reads them from the store there)."
     frames, tickers, *rest = args
-    return [_ticker_job((frames, t, *rest)) for t in tickers]
+    return [_pattern_job((frames, t, *rest)) for t in tickers]
 
 def market_snapshots(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (each ticker read where its job runs)
                      qualifying_days:int=10, # qualifying bars after the start bar
@@ -341,7 +341,7 @@ def market_snapshots(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (e
     with progress_bar(total=len(tickers), desc='patterns', unit='ticker', show=progress) as bar, job_map(scheduler, workers) as run:
         if scheduler == 'processes':
             jobs = [(only([t]), t, qualifying_days, snapshot_every) for t in tickers]
-            parts = ([r] for r in run(_ticker_job, jobs, chunksize=max(1, len(jobs) // (8 * max(workers, 1)))))
+            parts = ([r] for r in run(_pattern_job, jobs, chunksize=max(1, len(jobs) // (8 * max(workers, 1)))))
         else:
             cuts = [[str(t) for t in c] for c in np.array_split(tickers, min(len(tickers), 4 * workers))]
             parts = run(_chunk_job, [(only(c), c, qualifying_days, snapshot_every) for c in cuts])

@@ -131,7 +131,7 @@ def run_stage(stage:str, # stage notebook name
         raise StageError(f"stage {stage} failed in {_failed_cell(out)} of {out}: {e.ename}: {e.evalue}") from None
     return time.perf_counter() - t0
 
-# %% ../nbs/08_pipeline.ipynb #ace21804
+# %% ../nbs/08_pipeline.ipynb #1b93b047
 def _versions() -> dict:
     out = {'python': platform.python_version()}
     for pkg in ['k4_nbdev', 'numpy', 'pandas', 'torch', 'papermill', 'nbdev']:
@@ -173,6 +173,7 @@ def run_lock(run_dir:Path, # run folder to own
         lock.unlink(missing_ok=True)
         os.close(fd)
 
+# %% ../nbs/08_pipeline.ipynb #cc7b089a
 def stage_changed(run_dir:Path, # run folder
                   stage:str, # a stage that run.json marks as done
                   fingerprints:dict, # artifact -> fingerprint recorded in run.json

@@ -107,7 +107,7 @@ def bars_since(event:np.ndarray, # 1.0 where the event happened, 0.0 where not, 
     age = rolling_apply(np.nan_to_num(event), n, latest)
     return np.where(np.isnan(rolling_apply(event, n, np.sum)), np.nan, age)
 
-# %% ../nbs/02_sequences.ipynb #fdc11517
+# %% ../nbs/02_sequences.ipynb #7a2134a5
 def core_features(h, l, c, v, # the bars' highs, lows, closes, volumes
                   ind:pd.DataFrame, # `indicators` of the same bars
                  ) -> dict: # name -> values: the bar, its indicators, their baselines, compression ratios, slopes, quality
@@ -166,6 +166,7 @@ def lpf_features(h, l, c, v) -> dict:
     f['lpf_score'] = f['lpf_bid_pressure'] * f['lpf_volume_pressure'] * (1 + f['lpf_fta_proxy'])
     return f
 
+# %% ../nbs/02_sequences.ipynb #94cb497c
 def derived_features(h, l, c, v, r, bbw) -> dict:
     "Ranges, volatility, volume trend and spikes, moving averages, momentum, and the timing of band-width lows and volume spikes."
     prior_volume = shift(rolling_mean(v, 20), 1)                      # mean of the previous 20 volumes
@@ -343,7 +344,7 @@ def ticker_sequences(df:pd.DataFrame, # one ticker's validated OHLCV, oldest fir
     return X, valid, meta
 
 # %% ../nbs/02_sequences.ipynb #ee33f87f
-def _ticker_job(args:tuple, # (frames: a mapping that holds the ticker, e.g. `StoreFrames`; ticker; its snapshot rows; sequence_length; bar_fn)
+def _sequence_job(args:tuple, # (frames: a mapping that holds the ticker, e.g. `StoreFrames`; ticker; its snapshot rows; sequence_length; bar_fn)
                ) -> tuple:
     "`ticker_sequences` in a worker, which reads the ticker's frame itself (a `StoreFrames` travels as its path)."
     frames, ticker, *rest = args
@@ -364,7 +365,7 @@ def iter_sequences(frames:dict, # ticker -> OHLCV frame, or a `StoreFrames` (eac
     with progress_bar(total=len(snapshots), desc='sequences', unit='seq', show=progress) as bar:
         with job_map('processes', workers) as run:
             for s in range(0, len(groups), wave):
-                for out in run(_ticker_job, groups[s:s + wave]):
+                for out in run(_sequence_job, groups[s:s + wave]):
                     bar.update(len(out[2]))
                     yield out
 
@@ -387,7 +388,7 @@ def market_sequences(frames:dict, # ticker -> OHLCV frame
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             pd.concat([p[2] for p in parts], ignore_index=True))
 
-# %% ../nbs/02_sequences.ipynb #f988745a
+# %% ../nbs/02_sequences.ipynb #53f88134
 class NonFiniteError(ValueError):
     "Sequences holding an infinite or NaN value; the message names the file, the rows and the features."
 
@@ -429,6 +430,7 @@ def validate_sequences(X:np.ndarray, # (N, L, 69)
                          "only on the left" % where(i))
     check_finite(X, meta)
 
+# %% ../nbs/02_sequences.ipynb #a9b6e002
 def sequence_schema(sequence_length:int=50, # timesteps per sequence
                    ) -> pa.Schema: # the columns of `sequences.parquet`
     "Arrow schema of the sequences file."
@@ -445,6 +447,7 @@ def sequence_schema(sequence_length:int=50, # timesteps per sequence
 # How the parquet writer encodes the file: dictionaries for the two string columns only (trying one on 3,450 floats per
 # row only to give it up costs time), and min/max statistics for the meta columns only (useless on a list of sequences).
 # Writing takes half the CPU and the file is ~12% smaller than with pyarrow's defaults; the values are the same.
+
 WRITE_OPTIONS = dict(use_dictionary=['pattern_id', 'ticker'], write_statistics=SNAPSHOT_COLUMNS + [
     'outcome_class', 'label_end_date', 'days_in_pattern', 'n_undefined'])
 

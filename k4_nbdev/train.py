@@ -201,9 +201,7 @@ def load_resume(path, # `last.pt` of an interrupted run
 
 
 
-# %% ../nbs/05_train.ipynb #d725c4ea
-RUN_FILES = ('best.pt', 'last.pt', 'history.json')   # a training folder's files, owned by one run
-
+# %% ../nbs/05_train.ipynb #6e6cf8a2
 def _check_data(X:np.ndarray, mask:np.ndarray, y:np.ndarray, name:str):
     if X.ndim != 3 or X.shape[2] != len(FEATURES):
         raise ValueError(f"{name} sequences must have shape (N, L, {len(FEATURES)}), got {X.shape}")
@@ -211,6 +209,16 @@ def _check_data(X:np.ndarray, mask:np.ndarray, y:np.ndarray, name:str):
     if len(y) != len(X): raise ValueError(f"{name} has {len(X)} sequences but {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() > 5): raise ValueError(f"{name} labels must be 0..5, found {sorted(set(y.tolist()))}")
 
+def _check_sides(fitting:tuple, selection:tuple, report:tuple, sampling:list):
+    "Refuse arrays that do not fit together and draw rates that are not one positive rate per class."
+    _check_data(*fitting, 'training'); _check_data(*selection, 'selection')
+    if report is not None: _check_data(*report, 'validation')
+    if sampling is not None and (len(sampling) != len(CLASS_NAMES) or min(sampling) <= 0):
+        raise ValueError(f"sampling must give {len(CLASS_NAMES)} positive draw rates, one per class; got {sampling}")
+    if (fitting[2] == K4).sum() == 0:
+        warnings.warn("no K4 sequence in the training split: the model cannot learn K4; K4 recall will be undefined or 0")
+
+# %% ../nbs/05_train.ipynb #d3ede87f
 def epoch_order(y:np.ndarray, # training classes (N,)
                 gen:torch.Generator, # the run's shuffling generator
                 sampling:list=None, # relative draw rate per class; None: each row once, shuffled
@@ -227,44 +235,13 @@ def warmup_cosine(steps:int, # total optimiser steps
     w = max(1, int(warmup * steps))
     return lambda s: min(1.0, (s + 1) / w) if s < w else 0.5 * (1 + math.cos(math.pi * min(s - w, steps - w) / max(steps - w, 1)))
 
-def _epoch_metrics(model, criterion, X, m, y, device, prefix:str) -> dict:
-    "Loss and metrics of one side (selection or reported) with the network's raw softmax."
-    logits = predict_logits(model, X, m, device=device)
-    with torch.no_grad(): loss = criterion(torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.long)).item()
-    return {f'{prefix}_loss': loss, **{f'{prefix}_{k}': v for k, v in classification_metrics(calibrated_proba(logits), y).items()}}
-
-def _check_sides(fitting:tuple, selection:tuple, report:tuple, sampling:list):
-    "Refuse arrays that do not fit together and draw rates that are not one positive rate per class."
-    _check_data(*fitting, 'training'); _check_data(*selection, 'selection')
-    if report is not None: _check_data(*report, 'validation')
-    if sampling is not None and (len(sampling) != len(CLASS_NAMES) or min(sampling) <= 0):
-        raise ValueError(f"sampling must give {len(CLASS_NAMES)} positive draw rates, one per class; got {sampling}")
-    if (fitting[2] == K4).sum() == 0:
-        warnings.warn("no K4 sequence in the training split: the model cannot learn K4; K4 recall will be undefined or 0")
-
 def _losses(loss:str, k4_weight:float, sampling:list, device:str) -> tuple:
     "The fitting loss (weights divided by the draw rates: oversampled rows count less) and the judging loss (plain weights)."
     weights = np.array(CLASS_WEIGHTS, float); weights[K4] = k4_weight
     fit_weights = weights if sampling is None else weights / np.asarray(sampling, float)
     return make_loss(loss, class_weights=fit_weights.tolist()).to(device), make_loss(loss, class_weights=weights.tolist())
 
-def _start(out:Path, resume, config:dict, model, opt, sched, gen, rank:int=0, world:int=1) -> tuple:
-    "(state, run id): a fresh run clears the folder's run files; a resumed one restores every state it saved."
-    state = {'epoch': 0, 'history': [], 'best_score': None, 'best_epoch': 0, 'stale': 0}
-    if resume is None:
-        if rank == 0:
-            for name in RUN_FILES: (out / name).unlink(missing_ok=True)   # an earlier run's result must never pass for this one's
-        return state, uuid.uuid4().hex
-    ck = load_resume(resume, out)
-    if {k: ck['config'].get(k) for k in config} != config:
-        raise ValueError(f"cannot resume from {resume}: it was trained with {ck['config']}, this run asks for {config}")
-    model.load_state_dict(ck['state_dict']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-    gen.set_state(ck['rng']['shuffle']); torch.set_rng_state(ck['rng']['torch'])
-    if len(ck['rng'].get('torch_ranks', ())) == world > 1: torch.set_rng_state(ck['rng']['torch_ranks'][rank])   # each rank's dropout stream
-    state = {k: ck['training'][k] for k in state}
-    state['best_score'] = tuple(state['best_score']) if state['best_score'] is not None else None
-    return state, ck.get('run_id')
-
+# %% ../nbs/05_train.ipynb #2cb18bf3
 def _fit_epoch(model, criterion, opt, sched, tensors:tuple, order:torch.Tensor, batch_size:int, device:str,
                desc:str, show:bool, rank:int=0, world:int=1) -> tuple:
     "One pass of optimiser steps over the rows in `order` (each rank its shard of every batch): (mean loss, rows seen, the logits of every step)."
@@ -282,6 +259,47 @@ def _fit_epoch(model, criterion, opt, sched, tensors:tuple, order:torch.Tensor, 
         total += l.item() * (hi - lo); seen += hi - lo; logits_all.append(logits.detach()[:hi - lo]); rows.append((i + lo, i + hi))
     if world > 1: return _whole_epoch(total, torch.cat(logits_all), rows, len(order))
     return total / seen, seen, torch.cat(logits_all)
+
+def _epoch_metrics(model, criterion, X, m, y, device, prefix:str) -> dict:
+    "Loss and metrics of one side (selection or reported) with the network's raw softmax."
+    logits = predict_logits(model, X, m, device=device)
+    with torch.no_grad(): loss = criterion(torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.long)).item()
+    return {f'{prefix}_loss': loss, **{f'{prefix}_{k}': v for k, v in classification_metrics(calibrated_proba(logits), y).items()}}
+
+def _epoch_row(model, judge, epoch:int, t0:float, seen:int, sched, mean_loss:float, logits, y_seen:np.ndarray,
+               selection:tuple, report:tuple, device:str) -> dict:
+    "An epoch's record: time, learning rate, the training side's loss and metrics, the selection slice's and the validation period's."
+    train_m = classification_metrics(torch.softmax(logits, -1).cpu().numpy(), y_seen)
+    return {'epoch': epoch, 'seconds': round(time.perf_counter() - t0, 2), 'samples_per_s': round(seen / (time.perf_counter() - t0), 1),
+            'lr': sched.get_last_lr()[0], 'train_loss': mean_loss, **{f'train_{k}': v for k, v in train_m.items()},
+            **_epoch_metrics(model, judge, *selection, device, 'sel'),
+            **(_epoch_metrics(model, judge, *report, device, 'val') if report is not None else {})}
+
+def _epoch_line(row:dict, epochs:int, improved:bool) -> str:
+    "The one line an epoch prints."
+    f = lambda v: 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.4f}'
+    return (f"Epoch {row['epoch']}/{epochs} - Train Loss {f(row['train_loss'])}, Selection Loss {f(row['sel_loss'])}, "
+            f"K4 PR-AUC {f(row['sel_k4_pr_auc'])}, EV Corr {f(row['sel_ev_corr'])}" + (' *' if improved else ''))
+
+# %% ../nbs/05_train.ipynb #279f50af
+RUN_FILES = ('best.pt', 'last.pt', 'history.json')   # a training folder's files, owned by one run
+
+def _start(out:Path, resume, config:dict, model, opt, sched, gen, rank:int=0, world:int=1) -> tuple:
+    "(state, run id): a fresh run clears the folder's run files; a resumed one restores every state it saved."
+    state = {'epoch': 0, 'history': [], 'best_score': None, 'best_epoch': 0, 'stale': 0}
+    if resume is None:
+        if rank == 0:
+            for name in RUN_FILES: (out / name).unlink(missing_ok=True)   # an earlier run's result must never pass for this one's
+        return state, uuid.uuid4().hex
+    ck = load_resume(resume, out)
+    if {k: ck['config'].get(k) for k in config} != config:
+        raise ValueError(f"cannot resume from {resume}: it was trained with {ck['config']}, this run asks for {config}")
+    model.load_state_dict(ck['state_dict']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
+    gen.set_state(ck['rng']['shuffle']); torch.set_rng_state(ck['rng']['torch'])
+    if len(ck['rng'].get('torch_ranks', ())) == world > 1: torch.set_rng_state(ck['rng']['torch_ranks'][rank])   # each rank's dropout stream
+    state = {k: ck['training'][k] for k in state}
+    state['best_score'] = tuple(state['best_score']) if state['best_score'] is not None else None
+    return state, ck.get('run_id')
 
 def _keep_epoch(out:Path, base:dict, state:dict, row:dict, model, opt, sched, gen, rank:int=0, world:int=1) -> bool:
     "Record an epoch: best.pt when the selection slice improved, always last.pt and history.json (rank 0 writes). True when it improved."
@@ -305,12 +323,7 @@ def _keep_epoch(out:Path, base:dict, state:dict, row:dict, model, opt, sched, ge
     with atomic_write(out / 'history.json') as tmp: tmp.write_text(json.dumps(state['history'], indent=1))
     return improved
 
-def _epoch_line(row:dict, epochs:int, improved:bool) -> str:
-    "The one line an epoch prints."
-    f = lambda v: 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.4f}'
-    return (f"Epoch {row['epoch']}/{epochs} - Train Loss {f(row['train_loss'])}, Selection Loss {f(row['sel_loss'])}, "
-            f"K4 PR-AUC {f(row['sel_k4_pr_auc'])}, EV Corr {f(row['sel_ev_corr'])}" + (' *' if improved else ''))
-
+# %% ../nbs/05_train.ipynb #d40b57d7
 def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled fitting sequences, masks, classes
           X_sel:np.ndarray, m_sel:np.ndarray, y_sel:np.ndarray, # scaled selection slice: early stopping and calibration
           output_dir, # folder for best.pt, last.pt, history.json (a fresh run removes those an earlier run left there)
@@ -374,15 +387,7 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled f
         del net, model, opt, sched   # DDP's gradient hooks hold the process group: they go before the group does (processes())
     return result
 
-def _epoch_row(model, judge, epoch:int, t0:float, seen:int, sched, mean_loss:float, logits, y_seen:np.ndarray,
-               selection:tuple, report:tuple, device:str) -> dict:
-    "An epoch's record: time, learning rate, the training side's loss and metrics, the selection slice's and the validation period's."
-    train_m = classification_metrics(torch.softmax(logits, -1).cpu().numpy(), y_seen)
-    return {'epoch': epoch, 'seconds': round(time.perf_counter() - t0, 2), 'samples_per_s': round(seen / (time.perf_counter() - t0), 1),
-            'lr': sched.get_last_lr()[0], 'train_loss': mean_loss, **{f'train_{k}': v for k, v in train_m.items()},
-            **_epoch_metrics(model, judge, *selection, device, 'sel'),
-            **(_epoch_metrics(model, judge, *report, device, 'val') if report is not None else {})}
-
+# %% ../nbs/05_train.ipynb #92fd26d3
 def _finish(out:Path, run_id:str, state:dict, selection:tuple, report:tuple, device:str) -> dict:
     "Check best.pt is this run's, calibrate it on the selection slice, and report the run."
     best = load_checkpoint(out / 'best.pt') if (out / 'best.pt').exists() else {}

@@ -13,7 +13,7 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
            'model_quality', 'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display',
            'quality_section', 'read_comparison', 'comparison_section', 'strong_section', 'backtest_section',
-           'render_report', 'jsonable', 'report_figures', 'write_report', 'check_finite', 'check_provenance',
+           'render_report', 'jsonable', 'report_figures', 'write_report', 'check_finite_scores', 'check_provenance',
            'validate', 'validate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
@@ -296,7 +296,7 @@ def strong_signal_check(scored:pd.DataFrame, # scored rows
     table.attrs.update(n_patterns=len(every), n_strong=len(strong))
     return table
 
-# %% ../nbs/07_validate.ipynb #c7d0fa2d
+# %% ../nbs/07_validate.ipynb #e1a4a832
 SHORT = [c.split('_')[0] for c in CLASS_NAMES]
 
 def plot_confusion(cm:np.ndarray, # (6, 6) counts, rows = true
@@ -326,6 +326,7 @@ def plot_calibration(top:pd.DataFrame, # `calibration_table` of the top class
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_validate.ipynb #90592e27
 def plot_k4_pr(p_k4:np.ndarray, # P(K4) per row
                is_k4:np.ndarray, # true class is K4
                pr_auc:float, # average precision (for the legend)
@@ -374,7 +375,7 @@ def plot_ev_vs_realised(ev:np.ndarray, # expected value per row
     ax.set_title('EV vs realised value'); ax.legend(fontsize=8); fig.tight_layout()
     return fig
 
-# %% ../nbs/07_validate.ipynb #71ec7599
+# %% ../nbs/07_validate.ipynb #27570252
 LEAKAGE_TESTS, QUALITY_TESTS = (1, 2, 6, 7), (3, 4, 5)
 
 def model_quality(preds:pd.DataFrame, # all predictions
@@ -397,6 +398,7 @@ def model_quality(preds:pd.DataFrame, # all predictions
     table.attrs['oracle_fit'] = note
     return table
 
+# %% ../nbs/07_validate.ipynb #ee7ac12b
 def run_checks(preds:pd.DataFrame, # predictions (`06_predict`)
                split:dict=None, # the checkpoint's split info; None: unknown
                sequences=None, # sequences parquet or (X, mask, meta), for the audit and the backtest's stops
@@ -443,14 +445,16 @@ def verdict(checks:list, # test results
                          for k in REFERENCE_TARGETS))
     return {'passed': not failed, 'targets_met': sum(met.values()), 'lines': [tests, targets]}
 
-
-# %% ../nbs/07_validate.ipynb #deb321ab
+# %% ../nbs/07_validate.ipynb #a0b464de
 STATUS_MARK = {PASS: '✓ PASSED', FAIL: '✗ FAILED', NO_SIGNAL: '✗ NO SIGNAL', UNKNOWN: '? UNKNOWN', SKIPPED: '– SKIPPED'}
+
 TARGETS = {k: REFERENCE_TARGETS.get(k, ('',))[0]   # the performance table's rows, with the reference's targets where it set one
            for k in ['accuracy', 'k4_recall', 'k4_precision', 'k3k4_recall', 'ev_corr', 'k4_pr_auc', 'ece_top_class', 'ece_k4']}
+
 METRIC_NAMES = {'accuracy': 'Overall accuracy', 'k4_recall': 'K4 recall', 'k4_precision': 'K4 precision',
                 'k3k4_recall': 'K3+K4 recall', 'ev_corr': 'EV correlation', 'k4_pr_auc': 'K4 PR-AUC',
                 'ece_top_class': 'Calibration error, top class (ECE)', 'ece_k4': 'Calibration error, P(K4) (ECE)'}
+
 FIGURES = {'confusion_matrix': 'Confusion matrix', 'calibration': 'Calibration', 'k4_precision_recall': 'K4 precision-recall',
            'signal_quality': 'Signal quality', 'ev_vs_realised': 'EV vs realised value', 'quality': 'Ceiling and confidence',
            'backtest': 'Signal backtest'}
@@ -492,6 +496,7 @@ def paired_display(table:pd.DataFrame, # from `quality_table` with BASELINES row
                     for m in PAIRED_METRICS]
     return pd.DataFrame(cols, index=[RANKING_NAMES.get(m, m) for m in PAIRED_METRICS])
 
+# %% ../nbs/07_validate.ipynb #bad33353
 def quality_section(table:pd.DataFrame, # `model_quality`
                    ) -> list: # markdown lines
     "The report's section 'Ceiling and confidence'."
@@ -539,6 +544,7 @@ def comparison_section(table:pd.DataFrame, # from `read_comparison`
                   "resampled patterns; an interval that excludes 0 is a real difference):", ''] + md_table(paired, 'Metric')
     return lines
 
+# %% ../nbs/07_validate.ipynb #82fcbfc6
 def strong_section(table:pd.DataFrame, # `strong_signal_check`
                   ) -> list: # markdown lines
     "The report's subsection on STRONG signals against the reference's targets."
@@ -565,6 +571,7 @@ def backtest_section(bt:dict, # from `backtest`
             + (f" Not tradeable (no bar after the snapshot): {', '.join(f'{k} {n}' for k, n in lost.items())}." if lost else ''), '']
     return out + md_table(table, 'Strategy') + ([f"\n![{FIGURES['backtest']}]({figure})"] if figure else [])
 
+# %% ../nbs/07_validate.ipynb #aa94d296
 def render_report(results:dict, # from `run_checks` (+ optional 'inputs')
                   figures:dict=None, # figure key -> path relative to the report; None: no images
                  ) -> str: # the markdown report
@@ -592,7 +599,7 @@ def render_report(results:dict, # from `run_checks` (+ optional 'inputs')
     out += [sep, '\n## Final Verdict', ''] + [f"- {line}" for line in v['lines']] + [sep]
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/07_validate.ipynb #a7109101
+# %% ../nbs/07_validate.ipynb #fe99bab9
 def jsonable(obj):
     "Plain JSON values: NaN -> None, numpy -> Python, frames -> dicts, dates -> ISO strings."
     if isinstance(obj, dict): return {str(k): jsonable(v) for k, v in obj.items()}
@@ -634,7 +641,8 @@ def write_report(results:dict, # from `run_checks`
     with atomic_write(metrics) as tmp: tmp.write_text(json.dumps(jsonable(body), indent=1, ensure_ascii=False), encoding='utf-8')
     return {'report': output, 'metrics': metrics, 'figures': figures}
 
-def check_finite(preds:pd.DataFrame, # predictions
+# %% ../nbs/07_validate.ipynb #4a40fbe1
+def check_finite_scores(preds:pd.DataFrame, # predictions
                  path, # their file, named in the error
                 ):
     "Stop on NaN or infinite probabilities or expected values, naming the rows and columns."
@@ -665,6 +673,7 @@ def check_provenance(predictions, # predictions parquet (`06_predict`)
         checked.append(f"{kind} {path}")
     return f"checked: made from {' and '.join(checked)}" if checked else "nothing to check (no sequences or model given)"
 
+# %% ../nbs/07_validate.ipynb #7629bdb8
 def validate(predictions, # predictions parquet (`06_predict`)
              output, # markdown report to write
              sequences=None, # sequences parquet, for the audit (test 6)
@@ -689,7 +698,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
     missing = [c for c in ['ticker', 'pattern_id', 'snapshot_date', 'label_end_date', 'outcome_class', 'predicted_class',
                            'expected_value', 'signal'] + PROB_COLUMNS if c not in preds.columns]
     if missing: raise ValueError(f"{predictions} lacks the columns {missing}; it must be written by k4-predict")
-    check_finite(preds, predictions)
+    check_finite_scores(preds, predictions)
     recorded = read_metadata(predictions, required=False)
     checked = (check_provenance(predictions, recorded, {'sequences': sequences, 'model': model}) if provenance else
                "skipped (--no-provenance-check): the predictions may not come from the files named here")
@@ -704,7 +713,6 @@ def validate(predictions, # predictions parquet (`06_predict`)
                          'Answer key': f"{truth} ({len(episodes):,} episodes)" if truth is not None else 'none (no ceiling)',
                          'Comparison': f"{comparison} ({len(results['comparison'])} rows)" if comparison is not None else 'none'}
     return {**results, **write_report(results, output, metrics)}
-
 
 # %% ../nbs/07_validate.ipynb #45081e22
 @command('k4-validate')

@@ -11,7 +11,7 @@ import torch
 
 import k4_nbdev.train as train_module
 from k4_nbdev.scoring import apply_scaler, fit_scaler, load_checkpoint
-from k4_nbdev.train import CACHE_DIR, RUN_FILES, fit_model, load_training_data, open_scaled, train_cli, write_scaled
+from k4_nbdev.train import CACHE_DIR, RUN_FILES, TRAIN_FIGURES, fit_model, load_training_data, open_scaled, train_cli, write_scaled
 from k4_nbdev.testing import exit_of
 
 KW = dict(model_size='small', epochs=2, batch_size=7, seed=0, verbose=False, progress=False)
@@ -61,12 +61,13 @@ def test_maps_hold_what_apply_scaler_makes(sequences, tmp_path):
 
 
 def test_k4_train_streams_and_leaves_no_map(sequences, tmp_path):
+    "The network alone (--no-baselines) streams the sequences through a memory map, removed when training ends."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         assert exit_of(train_cli, ['--sequences', str(sequences), '--output-dir', str(tmp_path / 'm'), '--model-size', 'small',
-                                   '--epochs', '1'])[0] == 0
+                                   '--epochs', '1', '--no-baselines'])[0] == 0
     names = sorted(p.name for p in (tmp_path / 'm').iterdir())
-    assert [n for n in names if not n.startswith('best_')] == sorted(RUN_FILES) and CACHE_DIR not in names
+    assert [n for n in names if not n.startswith('best_')] == sorted(RUN_FILES + (TRAIN_FIGURES['curves'],)) and CACHE_DIR not in names
 
 
 def test_a_failed_write_leaves_no_map(sequences, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from k4_nbdev.patterns import market_snapshots
 from k4_nbdev.sequences import bar_features, build_sequences, market_sequences, read_sequences, ticker_sequences
 from k4_nbdev.metrics import classification_metrics
 from k4_nbdev.references import PRECURSOR, precursor_baseline, precursor_stats
-from k4_nbdev.train import load_training_data
+from k4_nbdev.train import RECIPE, load_training_data
 from k4_nbdev.metrics import bootstrap_metrics, calibration_table, confusion_matrix, pattern_resamples, ranking_metrics
 from k4_nbdev.backtest import (ENTRY_SIGNALS, EVERY_PATTERN, KEY, SIGNAL_TRADES, backtest, equity_curve,
                                first_snapshots, max_drawdown, random_picks, run_trades, simulate_trade)
@@ -729,10 +729,10 @@ def test_precursor_baseline_needs_no_answer_key(small_market, tmp_path):
     alone = Path(shutil.copy(small_market / 'sequences.parquet', tmp_path / 'sequences.parquet'))
     assert not (tmp_path / 'episodes.parquet').exists()
     data = load_training_data(alone)
-    res = precursor_baseline(data)
+    res = precursor_baseline(data, k4_weight=RECIPE.k4_weight)
     assert res['probs'].shape == (len(data['val']), 6) and np.allclose(res['probs'].sum(1), 1, atol=1e-5)
     assert list(res['coef'].index) == ['volume_imbalance', 'close_location', 'range_trend', 'swing_trend']
-    assert np.array_equal(precursor_baseline(data)['probs'], res['probs'])          # no seed: the same fit every time
+    assert np.array_equal(precursor_baseline(data, k4_weight=RECIPE.k4_weight)['probs'], res['probs'])          # no seed: the same fit every time
 
 
 def test_the_report_puts_every_model_of_the_train_stage_beside_the_checks(tiny_run, tmp_path):
