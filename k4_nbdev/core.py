@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['USER_ERRORS', 'SCHEDULERS', 'SCALE_EXTRA', 'atomic_write', 'fingerprint', 'save_figure', 'frames_fingerprint',
            'with_provenance', 'write_table', 'read_metadata', 'UsageError', 'check_flag', 'same_or_inside',
-           'check_outputs', 'os_error_line', 'flag_name', 'command', 'progress_bar', 'reader_number', 'reader_display',
-           'check_scheduler', 'job_map']
+           'check_outputs', 'os_error_line', 'flag_name', 'script_name', 'command', 'progress_bar', 'reader_number',
+           'reader_display', 'check_scheduler', 'job_map']
 
 # %% ../nbs/00_core.ipynb #9cb97660
 import argparse
@@ -21,7 +21,8 @@ import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from functools import wraps
+from functools import lru_cache, wraps
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -160,14 +161,24 @@ def flag_name(name:str, # an argument of the function, e.g. 'provenance_check'
     "The command-line flag of an argument: a switch that is on by default is turned off by `--no-...`."
     return ('--no-' if d.anno is bool and d.default is True else '--') + name.replace('_', '-')
 
-def command(prog:str, # the console script's name, e.g. 'k4-patterns'
+@lru_cache(maxsize=None)
+def _installed_scripts() -> dict: # 'module:function' -> console script name, for every installed script
+    return {ep.value: ep.name for ep in entry_points(group='console_scripts')}
+
+def script_name(func, # a console script's function, e.g. `train_cli`
+               ) -> str: # its installed name, e.g. 'k4-train' (the function's name when no script runs it)
+    "The name a console script is installed under, read from the entry points `settings.ini` declares: written once, there."
+    return _installed_scripts().get(f'{func.__module__}:{func.__name__}', func.__name__)
+
+def command(prog:str=None, # the console script's name; None: as installed (`script_name`)
             positional:tuple=(), # arguments given by position instead of as --flags
            ): # decorator: func -> main(argv=None)
     "Make a console script of a function: flags from its signature and docments, one-line user errors, `--debug`."
     def decorate(func):
         @wraps(func)
         def main(argv:list=None): # command-line arguments (default: sys.argv[1:])
-            p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
+            script = prog or script_name(func)
+            p = argparse.ArgumentParser(prog=script, description=func.__doc__)
             for name, d in docments(func, full=True, returns=False).items():
                 if name in positional: p.add_argument(name, **{k: v for k, v in _flag_kwargs(d).items() if k != 'required'})
                 else: p.add_argument(flag_name(name, d), dest=name, **_flag_kwargs(d))
@@ -178,7 +189,7 @@ def command(prog:str, # the console script's name, e.g. 'k4-patterns'
             except USER_ERRORS as e:
                 if debug: raise
                 text = os_error_line(e) if isinstance(e, OSError) else (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
-                sys.exit(f"{prog}: " + '; '.join(line.strip() for line in str(text).splitlines() if line.strip()))
+                sys.exit(f"{script}: " + '; '.join(line.strip() for line in str(text).splitlines() if line.strip()))
         main.__wrapped__ = func
         return main
     return decorate

@@ -672,7 +672,7 @@ def plot_episodes(frames:dict, # ticker -> OHLCV frame
     return fig
 
 # %% ../nbs/00_data.ipynb #2aefd745
-@command('k4-synthetic-market')
+@command()
 def synthetic_market_cli(output:str, # store folder to write (a new folder, or one this command wrote before); a .parquet name: one long file
                          n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers, at least 1
                          n_days:int=SCALES['quick']['n_days'], # trading days per ticker, at least 2
@@ -702,7 +702,7 @@ def synthetic_market_cli(output:str, # store folder to write (a new folder, or o
     print(f"wrote {n_tickers} synthetic tickers x {n_days} days to {path}" + (f"; answer key: {episodes}" if episodes else '')
           + (f"; precursors x{precursor_strength:g}" if precursor_strength != 1 else ''))
 
-@command('k4-real-samples')
+@command()
 def real_samples_cli(output:str, # store folder to write
                     ):
     "Write the real sample tickers shipped in PyPI packages to a store folder."

@@ -458,7 +458,7 @@ def write_readme() -> Path:
     return path
 
 # %% ../nbs/09_docs.ipynb #72833d73
-@command('k4-docs')
+@command()
 def docs_cli(run:str=None, # pipeline run folder whose executed notebooks are rendered
              out:str=None, # site folder, replaced whole (default: _docs); never the run, the notebooks or a folder holding them
              renderer:Literal['auto', 'quarto', 'smalldocs']='auto', # quarto, smalldocs, or auto (quarto when on the PATH)

@@ -158,7 +158,7 @@ def _numbers(text:str, # comma-separated values, e.g. '50,200'
     try: return [kind(v) for v in text.split(',') if v.strip()] if text else []
     except ValueError: raise UsageError(f"{flag} must be comma-separated {kind.__name__} values, got {text!r}") from None
 
-@command('k4-evaluate')
+@command()
 def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (never modified)
                  output_dir:str, # folder for evaluation.csv, evaluation_summary.csv, evaluation.png and the models; not the sequences' folder
                  folds:int=3, # walk-forward folds, at least 1

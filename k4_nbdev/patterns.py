@@ -536,7 +536,7 @@ def bench_calibration(snapshots:pd.DataFrame, # labelled snapshots of a syntheti
     return table
 
 # %% ../nbs/01_patterns.ipynb #10456898
-@command('k4-patterns')
+@command()
 def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a long parquet (never modified)
                  output:str, # snapshots parquet to write (not inside the store)
                  patterns_output:str=None, # also write the one-row-per-pattern table here
@@ -565,7 +565,7 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
     print(f"{len(frames)} tickers -> {len(patterns):,} patterns, {len(snapshots):,} snapshots "
           f"({snapshots['outcome_class'].notna().sum():,} labelled) -> {output}")
 
-@command('k4-check-ohlcv', positional=('store',))
+@command(positional=('store',))
 def check_ohlcv_cli(store:str, # store folder or long parquet file to check (never modified)
                     drop:bool=False, # report the rows that on_error='drop' removes instead of failing
                    ):

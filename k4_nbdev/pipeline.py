@@ -290,7 +290,7 @@ KNOB_RULES = [('seed', lambda v: v >= 0, 'a number, at least 0'), ('epochs', lam
               ('batch_size', lambda v: v >= 1, 'a number, at least 1'),
               ('split_ratio', lambda v: 0 < v < 1, 'a number between 0 and 1 (exclusive)')]
 
-@command('k4-pipeline')
+@command('k4-pipeline')   # not an entry point itself: `pipeline_cli`, which settings.ini names, hands it the arguments
 def run_cli(name:str='quick', # run name: the folder under --runs-root (a plain folder name)
             scale:Literal[tuple(SCALES)]=RUN_DEFAULTS['scale'], # synthetic market preset
             data_source:str=RUN_DEFAULTS['data_source'], # 'synthetic', 'real' or the path of an OHLCV store (never modified)

@@ -238,7 +238,7 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
     return table
 
 # %% ../nbs/06_predict.ipynb #8757f9bb
-@command('k4-predict')
+@command()
 def predict_cli(model:str, # checkpoint written by k4-train (best.pt; never modified)
                 sequences:str, # sequences parquet written by k4-build-sequences (never modified)
                 output:str, # predictions parquet to write (not an input, not inside the OHLCV store of the sequences)
@@ -280,7 +280,7 @@ def parse_date(value:str, # a date such as 2024-03-28
     check_flag(day is not pd.NaT, flag, value, 'a date YYYY-MM-DD')
     return day
 
-@command('k4-scan')
+@command()
 def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one long parquet (never modified)
              model:str, # checkpoint written by k4-train (best.pt; never modified)
              as_of:str=None, # scan date YYYY-MM-DD (default: the store's last date)

@@ -685,7 +685,7 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     return {'n_sequences': n, 'skipped': skipped, 'seconds': time.perf_counter() - t0, 'output': str(output)}
 
 # %% ../nbs/02_sequences.ipynb #4128c0a9
-@command('k4-build-sequences')
+@command()
 def build_sequences_cli(input:str, # snapshots parquet written by the patterns stage (never modified)
                         output:str, # sequences parquet to write
                         ohlcv:str=None, # OHLCV store the snapshots were built from (default: ohlcv/ next to --input)

@@ -729,7 +729,7 @@ def train_stage(sequences, # sequences.parquet written by the sequence builder
                      'signals': signals}
 
 # %% ../nbs/05_train.ipynb #f8f2cd8e
-@command('k4-train')
+@command()
 def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never modified)
               output_dir:str, # folder for best.pt (+ a timestamped copy), last.pt, history.json, the figures and comparisons
               model_size:Literal[tuple(MODEL_SIZES)]=RECIPE.model_size, # MambaAttention preset

@@ -715,7 +715,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
     return {**results, **write_report(results, output, metrics)}
 
 # %% ../nbs/07_validate.ipynb #45081e22
-@command('k4-validate')
+@command()
 def validate_cli(predictions:str, # predictions parquet written by k4-predict (never modified)
                  output:str, # markdown report to write (figures go to REPORT_figures/ beside it)
                  sequences:str=None, # sequences parquet the predictions came from (temporal audit, provenance, the backtest's stops)

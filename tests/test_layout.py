@@ -67,3 +67,17 @@ def test_infrastructure_lives_in_core():
               'read_metadata', 'with_provenance', 'job_map', 'check_scheduler', 'progress_bar'}
     assert shared <= defined['core']
     assert not [(m, n) for m, names in defined.items() if m != 'core' for n in names & shared]
+
+
+def test_every_console_script_is_named_once(capsys):
+    "settings.ini names each script; its usage and its one-line errors carry that name, read back from the entry points."
+    from configparser import ConfigParser
+    from importlib import import_module
+    import pytest
+    config = ConfigParser(delimiters=['=']); config.read(ROOT / 'settings.ini', encoding='utf-8')
+    scripts = [s.split('=') for s in config['DEFAULT']['console_scripts'].split()]
+    assert len(scripts) >= 12
+    for name, target in scripts:
+        module, func = target.split(':')
+        with pytest.raises(SystemExit) as ended: getattr(import_module(module), func)(['--no-such-flag'])
+        assert ended.value.code == 2 and f'usage: {name} ' in capsys.readouterr().err, (name, target)
