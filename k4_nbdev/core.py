@@ -168,7 +168,10 @@ def _installed_scripts() -> dict: # 'module:function' -> console script name, fo
 def script_name(func, # a console script's function, e.g. `train_cli`
                ) -> str: # its installed name, e.g. 'k4-train' (the function's name when no script runs it)
     "The name a console script is installed under, read from the entry points `settings.ini` declares: written once, there."
-    return _installed_scripts().get(f'{func.__module__}:{func.__name__}', func.__name__)
+    scripts = _installed_scripts()
+    if (name := scripts.get(f'{func.__module__}:{func.__name__}')): return name
+    same = [n for target, n in scripts.items() if target.startswith('k4_nbdev.') and target.endswith(f':{func.__name__}')]
+    return same[0] if len(same) == 1 else func.__name__   # a notebook defines it in __main__: known by its function name
 
 def command(prog:str=None, # the console script's name; None: as installed (`script_name`)
             positional:tuple=(), # arguments given by position instead of as --flags

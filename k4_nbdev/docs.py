@@ -40,8 +40,8 @@ except ImportError as e: _docs_missing = e.name or str(e)
 
 from .core import atomic_write, check_outputs, command, save_figure, UsageError
 from .pipeline import nbs_dir, run_stage
-from .references import COMPARISON_FILE, headline_display, headline_sentence, plot_headline
-from .validate import md_table
+from .references import COMPARISON_FILE, headline_display, headline_sentence, md_table, plot_headline
+
 
 # %% ../nbs/09_docs.ipynb #bdee1b8c
 def project_root() -> Path:

@@ -9,10 +9,11 @@ __all__ = ['WINDOW_STATS', 'PRECURSOR_STATS', 'PRECURSOR', 'TRUTH_REQUIRED', 'ME
            'pattern_bars', 'row_mean', 'row_slope', 'precursor_stats', 'precursor_baseline', 'read_truth', 'quality_ev',
            'oracle_model', 'mechanism_stats', 'precursor_reading', 'posterior_quality', 'observable_ceiling',
            'observable_model', 'model_scores', 'short_name', 'quality_table', 'model_comparison', 'write_comparison',
-           'plot_quality', 'headline_rows', 'headline_sentence', 'headline_display', 'plot_headline', 'model_signals',
-           'signal_comparison', 'signal_comparison_display']
+           'fmt', 'md_table', 'quality_display', 'paired_display', 'plot_quality', 'headline_rows', 'headline_sentence',
+           'headline_display', 'plot_headline', 'model_signals', 'signal_comparison', 'signal_comparison_display']
 
 # %% ../nbs/04c_references.ipynb #5daf8196
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .metrics import (average_precision, bootstrap_replicates, classification_me
 from .core import atomic_write
 from .scoring import calibrated_proba, fit_calibration, relative_inputs
 from .backtest import ENTRY_SIGNALS, first_snapshots, run_trades
+
 
 # %% ../nbs/04c_references.ipynb #919f884f
 def check_in_memory(data:dict, # training data (`load_training_data`)
@@ -369,6 +371,44 @@ def write_comparison(table:pd.DataFrame, # from `model_comparison`
     path = Path(run_dir) / COMPARISON_FILE
     with atomic_write(path) as tmp: table.to_csv(tmp)
     return path
+
+# %% ../nbs/04c_references.ipynb #a0b464de
+def fmt(v) -> str:
+    "A report value: 3 decimals for floats, n/a for undefined."
+    if isinstance(v, (float, np.floating)): return 'n/a' if math.isnan(v) else f'{v:.3f}'
+    return f'{v:,}' if isinstance(v, (int, np.integer)) else str(v)
+
+def md_table(df:pd.DataFrame, # table to render
+             index:str='', # header of the index column
+            ) -> list: # markdown lines
+    "A DataFrame as markdown table lines."
+    lines = ['| ' + ' | '.join([index] + [str(c) for c in df.columns]) + ' |', '|' + '---|' * (len(df.columns) + 1)]
+    return lines + ['| ' + ' | '.join([str(i)] + [fmt(v) for v in row]) + ' |' for i, row in zip(df.index, df.itertuples(index=False))]
+
+def quality_display(table:pd.DataFrame, # from `quality_table` (or read back from its CSV)
+                   ) -> pd.DataFrame: # metric (rows) x model (columns): 'value [lo, hi] · share of a ceiling'
+    "The quality table for reading: each model's share of the observable ceiling (else of the oracle), the observable ceiling's of the oracle."
+    # a model's share of the reachable ceiling where there is one, else of the oracle's; the observable ceiling's of the oracle's
+    lead = 'of_observable' if OBSERVABLE in table.index else 'share'
+    def cell(r, m):
+        key = None if r.name == ORACLE else 'share' if r.name == OBSERVABLE else lead
+        share = float(r.get(f'{m}_{key}', np.nan)) if key else np.nan
+        return (f"{fmt(float(r[m]))} [{fmt(float(r[f'{m}_lo']))}, {fmt(float(r[f'{m}_hi']))}]"
+                + (f" · {share:.0%} of {'observable' if key == 'of_observable' else 'oracle'}" if np.isfinite(share) else ''))
+    return pd.DataFrame({name: [cell(r, m) for m in RANKING_METRICS] for name, r in table.iterrows()},
+                        index=[RANKING_NAMES[m] for m in RANKING_METRICS])
+
+def paired_display(table:pd.DataFrame, # from `quality_table` with BASELINES rows (or read back from its CSV)
+                  ) -> pd.DataFrame: # metric (rows) x 'model − baseline' (columns): 'difference [lo, hi]'
+    "Each model minus the precursor baseline and minus the observable ceiling, on the same resampled patterns."
+    cols = {}
+    for name, r in table.iterrows():
+        for ref, tag in BASELINES.items():
+            if f'{PAIRED_METRICS[0]}_vs_{tag}' in r and np.isfinite(float(r[f'{PAIRED_METRICS[0]}_vs_{tag}'])):
+                cols[f'{short_name(name)} − {short_name(ref)}'] = [
+                    f"{float(r[f'{m}_vs_{tag}']):+.3f} [{float(r[f'{m}_vs_{tag}_lo']):+.3f}, {float(r[f'{m}_vs_{tag}_hi']):+.3f}]"
+                    for m in PAIRED_METRICS]
+    return pd.DataFrame(cols, index=[RANKING_NAMES.get(m, m) for m in PAIRED_METRICS])
 
 # %% ../nbs/04c_references.ipynb #944d198f
 QUALITY_PLOT = ['k4_pr_auc', 'k4_recall_top1', 'k4_recall_top5', 'pattern_k4_recall_top5', 'k4_recall', 'ev_corr']

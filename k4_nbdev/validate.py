@@ -11,10 +11,9 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'k4_recall_consistency_check', 'ev_correlation_check', 'class_shares', 'class_drift_check',
            'temporal_audit_check', 'split_purge_check', 'signal_quality', 'performance', 'strong_signal_check',
            'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
-           'model_quality', 'run_checks', 'verdict', 'fmt', 'md_table', 'quality_display', 'paired_display',
-           'quality_section', 'read_comparison', 'comparison_section', 'strong_section', 'backtest_section',
-           'render_report', 'jsonable', 'report_figures', 'write_report', 'check_finite_scores', 'check_provenance',
-           'validate', 'validate_cli']
+           'model_quality', 'run_checks', 'verdict', 'quality_section', 'read_comparison', 'comparison_section',
+           'strong_section', 'backtest_section', 'render_report', 'jsonable', 'report_figures', 'write_report',
+           'check_finite_scores', 'check_provenance', 'validate', 'validate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -38,9 +37,10 @@ from .predict import SIGNAL_COLORS
 from .sequences import audit_sequences, bar_features, read_sequences
 from .scoring import load_checkpoint
 from .metrics import (ALERT_RATES, calibration_table, classification_metrics, confusion_matrix,
-                              per_class_table, pr_curve, RANKING_METRICS, RANKING_NAMES)
-from .references import (BASELINES, COMPARISON_FILE, MODEL, model_scores, OBSERVABLE, ORACLE, oracle_model,
-                                 PAIRED_METRICS, plot_quality, quality_table, read_truth, short_name)
+                              per_class_table, pr_curve)
+from .references import (COMPARISON_FILE, fmt, md_table, MODEL, model_scores, ORACLE, oracle_model,
+                                 paired_display, PAIRED_METRICS, plot_quality, quality_display, quality_table,
+                                 read_truth)
 
 from .backtest import backtest, BAND, ENTRY_SIGNALS, first_snapshots, HOLD_BARS, KEY, plot_backtest, STOP_LEVEL
 
@@ -445,7 +445,7 @@ def verdict(checks:list, # test results
                          for k in REFERENCE_TARGETS))
     return {'passed': not failed, 'targets_met': sum(met.values()), 'lines': [tests, targets]}
 
-# %% ../nbs/07_validate.ipynb #a0b464de
+# %% ../nbs/07_validate.ipynb #bad33353
 STATUS_MARK = {PASS: '✓ PASSED', FAIL: '✗ FAILED', NO_SIGNAL: '✗ NO SIGNAL', UNKNOWN: '? UNKNOWN', SKIPPED: '– SKIPPED'}
 
 TARGETS = {k: REFERENCE_TARGETS.get(k, ('',))[0]   # the performance table's rows, with the reference's targets where it set one
@@ -459,44 +459,6 @@ FIGURES = {'confusion_matrix': 'Confusion matrix', 'calibration': 'Calibration',
            'signal_quality': 'Signal quality', 'ev_vs_realised': 'EV vs realised value', 'quality': 'Ceiling and confidence',
            'backtest': 'Signal backtest'}
 
-def fmt(v) -> str:
-    "A report value: 3 decimals for floats, n/a for undefined."
-    if isinstance(v, (float, np.floating)): return 'n/a' if math.isnan(v) else f'{v:.3f}'
-    return f'{v:,}' if isinstance(v, (int, np.integer)) else str(v)
-
-def md_table(df:pd.DataFrame, # table to render
-             index:str='', # header of the index column
-            ) -> list: # markdown lines
-    "A DataFrame as markdown table lines."
-    lines = ['| ' + ' | '.join([index] + [str(c) for c in df.columns]) + ' |', '|' + '---|' * (len(df.columns) + 1)]
-    return lines + ['| ' + ' | '.join([str(i)] + [fmt(v) for v in row]) + ' |' for i, row in zip(df.index, df.itertuples(index=False))]
-
-def quality_display(table:pd.DataFrame, # from `quality_table` (or read back from its CSV)
-                   ) -> pd.DataFrame: # metric (rows) x model (columns): 'value [lo, hi] · share of a ceiling'
-    "The quality table for reading: each model's share of the observable ceiling (else of the oracle), the observable ceiling's of the oracle."
-    # a model's share of the reachable ceiling where there is one, else of the oracle's; the observable ceiling's of the oracle's
-    lead = 'of_observable' if OBSERVABLE in table.index else 'share'
-    def cell(r, m):
-        key = None if r.name == ORACLE else 'share' if r.name == OBSERVABLE else lead
-        share = float(r.get(f'{m}_{key}', np.nan)) if key else np.nan
-        return (f"{fmt(float(r[m]))} [{fmt(float(r[f'{m}_lo']))}, {fmt(float(r[f'{m}_hi']))}]"
-                + (f" · {share:.0%} of {'observable' if key == 'of_observable' else 'oracle'}" if np.isfinite(share) else ''))
-    return pd.DataFrame({name: [cell(r, m) for m in RANKING_METRICS] for name, r in table.iterrows()},
-                        index=[RANKING_NAMES[m] for m in RANKING_METRICS])
-
-def paired_display(table:pd.DataFrame, # from `quality_table` with BASELINES rows (or read back from its CSV)
-                  ) -> pd.DataFrame: # metric (rows) x 'model − baseline' (columns): 'difference [lo, hi]'
-    "Each model minus the precursor baseline and minus the observable ceiling, on the same resampled patterns."
-    cols = {}
-    for name, r in table.iterrows():
-        for ref, tag in BASELINES.items():
-            if f'{PAIRED_METRICS[0]}_vs_{tag}' in r and np.isfinite(float(r[f'{PAIRED_METRICS[0]}_vs_{tag}'])):
-                cols[f'{short_name(name)} − {short_name(ref)}'] = [
-                    f"{float(r[f'{m}_vs_{tag}']):+.3f} [{float(r[f'{m}_vs_{tag}_lo']):+.3f}, {float(r[f'{m}_vs_{tag}_hi']):+.3f}]"
-                    for m in PAIRED_METRICS]
-    return pd.DataFrame(cols, index=[RANKING_NAMES.get(m, m) for m in PAIRED_METRICS])
-
-# %% ../nbs/07_validate.ipynb #bad33353
 def quality_section(table:pd.DataFrame, # `model_quality`
                    ) -> list: # markdown lines
     "The report's section 'Ceiling and confidence'."

@@ -27,11 +27,11 @@ from k4_nbdev.backtest import (ENTRY_SIGNALS, EVERY_PATTERN, KEY, SIGNAL_TRADES,
                                first_snapshots, max_drawdown, random_picks, run_trades, simulate_trade)
 from k4_nbdev.references import (COMPARISON_FILE, OBSERVABLE, ORACLE, model_scores, observable_model, oracle_model,
                                  quality_ev, quality_table)
+from k4_nbdev.references import paired_display
 from k4_nbdev.validate import (FAIL, NO_SIGNAL, PASS, SKIPPED, UNKNOWN, class_drift_check, ev_correlation_check,
-                               future_contamination_check, k4_recall_consistency_check, paired_display,
-                               per_class_table, render_report, run_checks, scored_rows, signal_quality,
-                               split_purge_check, strong_signal_check, temporal_audit_check, temporal_sequence_check,
-                               validate, validate_cli)
+                               future_contamination_check, k4_recall_consistency_check, per_class_table, render_report,
+                               run_checks, scored_rows, signal_quality, split_purge_check, strong_signal_check,
+                               temporal_audit_check, temporal_sequence_check, validate, validate_cli)
 from k4_nbdev.testing import exit_of, flat_path, one_bar_ahead, simulate, toy
 
 
