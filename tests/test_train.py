@@ -425,3 +425,25 @@ def test_console_script_exit_status_and_no_traceback(made, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and 'Traceback' not in r.stderr and r.stderr.strip().count('\n') == 0
     assert '--patience' in r.stderr
+
+
+def test_k4_train_writes_what_the_pipelines_train_stage_writes(tiny_run, tmp_path):
+    "k4-train and the pipeline call one function: on the run's sequences, store and answer key, the same files and comparison."
+    run = Path(tiny_run['run_dir'])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            code, msg = exit_of(train_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'm'),
+                                            '--ohlcv', str(run / 'ohlcv'), '--truth', str(run / 'episodes.parquet')])
+    finally: torch.set_num_threads(threads)
+    assert code == 0, msg
+    stage = {'best.pt', 'last.pt', 'history.json', 'training_curves.png', 'model_comparison.csv', 'model_comparison.png',
+             'signal_comparison.csv'}
+    pipeline = {p.name for p in run.iterdir()} | {p.name for p in (run / 'model').iterdir()}
+    written = {p.name for p in (tmp_path / 'm').iterdir() if not p.name.startswith('best_')}
+    assert stage <= pipeline and written == stage, written ^ stage
+    mine, theirs = (pd.read_csv(d / 'model_comparison.csv', index_col=0).drop(columns='seconds') for d in (tmp_path / 'm', run))
+    pd.testing.assert_frame_equal(mine, theirs)
+    pd.testing.assert_frame_equal(*(pd.read_csv(d / 'signal_comparison.csv', index_col=0) for d in (tmp_path / 'm', run)))
