@@ -26,8 +26,8 @@ from .definitions import (assign_signals, CLASS_NAMES, expected_value, K5, K5_AV
                                   SIGNAL_LEVELS, SIGNALS)
 from .model import MODEL_SIZES
 from .patterns import find_patterns, indicators, qualifies, SNAPSHOT_COLUMNS
-from .scoring import (apply_scaler, check_dates, check_device, load_checkpoint, model_from_checkpoint,
-                              predict_proba, sequences_provenance)
+from .scoring import (apply_scaler, check_dates, check_device, checkpoint_calibration, load_checkpoint,
+                              model_from_checkpoint, predict_proba, sequences_provenance)
 from .sequences import check_finite, FEATURES, read_sequences, ticker_sequences
 
 
@@ -94,9 +94,11 @@ def predict(model, # checkpoint path (`best.pt`)
             device:str='cpu', # torch device
             today=None, # refuse snapshot dates after this; None: today
             provenance_check:bool=True, # refuse sequences without the builder's provenance metadata
+            uncalibrated:bool=False, # score a checkpoint without calibration with the raw softmax (recorded in the output)
            ) -> pd.DataFrame: # the predictions
     "The stage: check, score and signal every sequence; write `predictions.parquet` atomically with its provenance."
     ckpt = load_checkpoint(model)
+    calibration = checkpoint_calibration(ckpt, str(model), uncalibrated)
     recorded = sequences_provenance(sequences, provenance_check)
     X, mask, meta = read_sequences(sequences)
     features = recorded.get('features') or (list(ckpt['feature_names']) if X.shape[2] == len(ckpt['feature_names'])
@@ -105,13 +107,14 @@ def predict(model, # checkpoint path (`best.pt`)
     check_finite(X, meta, str(sequences))
     check_dates(meta, str(sequences), today)
     net = model_from_checkpoint(ckpt, source=str(model)).to(device)
-    preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), ckpt.get('calibration')))
+    preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), calibration))
     if output is not None:
         inputs = {'sequences': {'path': str(sequences), 'fingerprint': fingerprint(sequences)},
                   'model': {'path': str(model), 'fingerprint': fingerprint(model)}}
         write_table(preds, output, {'stage': 'predict', 'version': k4_nbdev.__version__, 'input': inputs,
                                     'model_trained_on': ckpt.get('input', {}).get('sequences'),
                                     'provenance_checked': provenance_check,
+                                    'calibration': 'checkpoint' if calibration is not None else 'none: raw softmax (--uncalibrated)',
                                     'model': inputs['model']['path'], 'model_fingerprint': inputs['model']['fingerprint'],
                                     'model_config': ckpt['config'], 'split': ckpt.get('split'),
                                     'sequences': inputs['sequences']['path'], 'sequences_fingerprint': inputs['sequences']['fingerprint']})
@@ -197,10 +200,12 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
          today=None, # refuse an as-of date after this; None: today
          workers:int=1, # processes for the per-ticker part (1: serial, in this process); with Dask, worker processes of the local cluster
          scheduler:str='processes', # where the per-ticker part runs: 'processes', 'dask' or a Dask scheduler address (`check_scheduler`)
+         uncalibrated:bool=False, # score a checkpoint without calibration with the raw softmax
         ) -> pd.DataFrame: # SCAN_COLUMNS, best EV first; attrs: as_of, n_tickers
     "Patterns active on the as-of date, built and scored from data up to that date only, ranked by EV."
     check_scheduler(scheduler)
     ckpt = load_checkpoint(model)
+    calibration = checkpoint_calibration(ckpt, str(model), uncalibrated)
     length = ckpt['config']['sequence_length']
     check_compatible(ckpt, FEATURES, length, 'this version of the sequence builder')
     frames = ohlcv if isinstance(ohlcv, Mapping) else StoreFrames(ohlcv)   # a store is read by the jobs, ticker by ticker
@@ -229,7 +234,7 @@ def scan(ohlcv, # OHLCV store (folder or long parquet), or ticker -> frame
         X, mask = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         meta = pd.concat([p[2] for p in parts], ignore_index=True)
         net = model_from_checkpoint(ckpt, source=str(model)).to(device)
-        preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), ckpt.get('calibration')))
+        preds = prediction_table(meta, score_sequences(net, X, mask, ckpt['scaler'], batch_size, device, str(model), calibration))
         table = meta.assign(close=[close[t] for t in meta['ticker']],
                             **{k: preds[k] for k in ['expected_value', 'signal', 'prob_k4', 'prob_k5', 'predicted_class']})
         table = table[SCAN_COLUMNS].sort_values(['expected_value', 'ticker'], ascending=[False, True], ignore_index=True)
@@ -246,6 +251,7 @@ def predict_cli(model:str, # checkpoint written by k4-train (best.pt; never modi
                 batch_size:int=256, # sequences per forward pass, at least 1
                 device:str='cpu', # torch device, e.g. cpu or cuda
                 provenance_check:bool=True, # refuse sequences without the builder's provenance metadata
+                uncalibrated:bool=False, # score a checkpoint that has no calibration with its raw softmax (the predictions' metadata says so)
                ):
     "Console script `k4-predict`: probabilities, expected values and signals of a sequences file."
     check_outputs({'--output': output}, {'--model': model, '--sequences': sequences})
@@ -253,7 +259,8 @@ def predict_cli(model:str, # checkpoint written by k4-train (best.pt; never modi
     check_device(device)
     store = sequences_provenance(sequences, provenance_check).get('input', {}).get('ohlcv')
     check_outputs({'--output': output}, {'OHLCV store of --sequences': store})
-    preds = predict(model, sequences, output, model_size, batch_size, device, provenance_check=provenance_check)
+    preds = predict(model, sequences, output, model_size, batch_size, device, provenance_check=provenance_check,
+                    uncalibrated=uncalibrated)
     print(prediction_summary(preds))
     print(f"predictions: {output}")
 
@@ -290,6 +297,7 @@ def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one lon
              device:str='cpu', # torch device, e.g. cpu or cuda
              workers:int=os.cpu_count() or 1, # processes for the per-ticker part, at least 1
              scheduler:str='processes', # where the per-ticker part runs: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
+             uncalibrated:bool=False, # score a checkpoint that has no calibration with its raw softmax
             ):
     "Console script `k4-scan`: rank the consolidations active on a date, using only data up to it."
     check_outputs({'--output': output}, {'--ohlcv': ohlcv, '--model': model})
@@ -301,7 +309,8 @@ def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one lon
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
     check_scheduler(scheduler)
     day = None if as_of is None else parse_date(as_of, '--as-of')
-    table = scan(ohlcv, model, day, qualifying_days, batch_size, device, workers=workers, scheduler=scheduler)
+    table = scan(ohlcv, model, day, qualifying_days, batch_size, device, workers=workers, scheduler=scheduler,
+                 uncalibrated=uncalibrated)
     if output: write_scan(table, output)
     print(f"{len(table)} active patterns among {table.attrs['n_tickers']} tickers trading on {table.attrs['as_of'].date()}")
     if len(table): print(table.to_string(index=False, float_format=lambda v: f'{v:.3f}'))

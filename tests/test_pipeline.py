@@ -24,7 +24,8 @@ import torch
 import k4_nbdev.pipeline as pipeline
 from k4_nbdev.core import fingerprint
 from k4_nbdev.data import build_store, write_store, synthetic_market
-from k4_nbdev.pipeline import ARTIFACTS, LOCK_FILE, STAGES, StageError, nbs_dir, pipeline_cli, run_pipeline, stage_parameters
+from k4_nbdev.core import LOCK_FILE
+from k4_nbdev.pipeline import ARTIFACTS, STAGES, StageError, nbs_dir, pipeline_cli, run_pipeline, stage_parameters
 from k4_nbdev.scoring import load_checkpoint
 from k4_nbdev.testing import standalone_inputs
 
@@ -189,8 +190,8 @@ def test_resume_runs_again_a_stage_whose_artifact_is_gone_or_changed(lean, lean_
 
 
 def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_runs_lock_is_taken_over(lean, tmp_path):
-    "A live run owns its folder (`run_lock`, held by a process of its own here): `k4-pipeline` on it is refused in one line."
-    hold = f"import pathlib, time; from k4_nbdev.pipeline import run_lock\nwith run_lock(pathlib.Path({str(tmp_path / 'busy')!r})): time.sleep(600)"
+    "A live run owns its folder (`folder_lock`, held by a process of its own here): `k4-pipeline` on it is refused in one line."
+    hold = f"import pathlib, time; from k4_nbdev.core import folder_lock\nwith folder_lock(pathlib.Path({str(tmp_path / 'busy')!r})): time.sleep(600)"
     first = subprocess.Popen([sys.executable, '-c', hold], start_new_session=True)
     lock = tmp_path / 'busy' / LOCK_FILE
     try:
