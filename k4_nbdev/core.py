@@ -321,7 +321,8 @@ LOCK_FILE = 'run.lock'   # inside the folder it locks; removed when the writer e
 def folder_lock(run_dir:Path, # the folder to own (a run folder, a model folder, an evaluation)
                ): # yields the pid of a dead run whose lock was taken over, or ''
     "Own a folder while the block runs: a second writer of it is refused while the first lives."
-    lock = run_dir / LOCK_FILE
+    run_dir = Path(run_dir)
+    lock, created = run_dir / LOCK_FILE, not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -339,3 +340,4 @@ def folder_lock(run_dir:Path, # the folder to own (a run folder, a model folder,
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+        if created and not any(run_dir.iterdir()): run_dir.rmdir()   # a writer that failed before writing leaves no empty folder

@@ -5,12 +5,14 @@
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'PRICE_COLUMNS', 'REPORT_COLUMNS', 'PRICE_RANGE', 'SCALES', 'PRECURSOR_KNOBS',
            'TIGHTENING_FACTOR_MAX', 'EPISODE_COLUMNS', 'TRUTH_COLUMNS', 'PRECURSORS', 'REAL_SOURCES', 'TRUTH_FILE',
-           'OHLCVError', 'validate_ohlcv', 'parse_dates', 'normalise_ohlcv', 'write_store', 'list_tickers',
-           'read_store', 'StoreFrames', 'MarketParams', 'scaled_precursors', 'synthetic_market', 'episode_truth',
-           'episode_precursors', 'real_samples', 'stylized_facts', 'load_source', 'write_synthetic_store',
-           'build_store', 'plot_ticker', 'plot_episodes', 'synthetic_market_cli', 'real_samples_cli']
+           'MARKET_MARKER', 'OHLCVError', 'validate_ohlcv', 'parse_dates', 'normalise_ohlcv', 'write_store',
+           'list_tickers', 'read_store', 'StoreFrames', 'is_store', 'store_holding', 'check_not_in_store',
+           'MarketParams', 'scaled_precursors', 'synthetic_market', 'episode_truth', 'episode_precursors',
+           'real_samples', 'stylized_facts', 'load_source', 'write_synthetic_store', 'build_store', 'plot_ticker',
+           'plot_episodes', 'synthetic_market_cli', 'real_samples_cli']
 
 # %% ../nbs/00_data.ipynb #e2e89ea6
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -23,7 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core import atomic_write, check_flag, check_scheduler, command, job_map, same_or_inside, UsageError
+from .core import (atomic_folder, atomic_write, check_flag, check_new_output, check_scheduler, command,
+                           job_map, read_metadata, same_or_inside, UsageError, write_table)
 
 # %% ../nbs/00_data.ipynb #a6351fb8
 OHLCV_COLUMNS = ['date', 'open', 'high', 'low', 'close', 'volume']
@@ -247,6 +250,36 @@ class StoreFrames(Mapping):
     def __len__(self): return len(self.tickers)
     def __contains__(self, ticker): return ticker in (self._files if self._files is not None else set(self.tickers))
     def __getstate__(self): return {**self.__dict__, '_long': None}   # a worker gets the path, not the frames
+
+# %% ../nbs/00_data.ipynb #c3a62eb9
+def is_store(folder:Path, # an existing folder
+             sample:int=20, # files looked at
+            ) -> bool: # whether some of its files are OHLCV tables (a date and the five bar values)
+    "Whether a folder holds OHLCV files, judged from the columns of the first few."
+    for f in sorted(folder.iterdir())[:sample]:
+        if not f.is_file() or f.suffix.lower() not in _STORE_SUFFIXES: continue
+        try: cols = pq.read_schema(f).names if f.suffix.lower() == '.parquet' else f.open().readline().strip().lower().split(',')
+        except Exception: continue
+        names = {_COLUMN_ALIASES.get(k, k.replace(' ', '_')) for k in (str(c).strip().lower() for c in cols)}
+        if set(OHLCV_COLUMNS) <= names: return True
+    return False
+
+def store_holding(path, # a path a command is about to write
+                 ) -> Path: # the OHLCV store it is, or lies inside; None when there is none
+    "The nearest existing folder on `path` (itself included) that is an OHLCV store."
+    p = Path(path).resolve()
+    return next((f for f in [p, *p.parents] if f.is_dir() and is_store(f)), None)
+
+def check_not_in_store(flag:str, # the output's flag
+                       path, # the output
+                       itself:bool=True, # also refuse `path` being a store itself (False: the writer of stores replaces its own)
+                      ):
+    "Refuse an output that is, or lies inside, an OHLCV store: it would change the store every stage reads."
+    held = store_holding(path if itself else Path(path).resolve().parent)
+    if held is not None:
+        where = 'is' if held == Path(path).resolve() else 'lies inside'
+        raise UsageError(f"{flag} {path} {where} the OHLCV store {held}: writing there would add a ticker to it or change "
+                         "its fingerprint; write somewhere else")
 
 # %% ../nbs/00_data.ipynb #d8224688
 @dataclass(frozen=True)
@@ -672,6 +705,8 @@ def plot_episodes(frames:dict, # ticker -> OHLCV frame
     return fig
 
 # %% ../nbs/00_data.ipynb #2aefd745
+MARKET_MARKER = '.k4-synthetic-market.json'   # in a store this command wrote: its recipe, and the sign that it may replace the store
+
 @command()
 def synthetic_market_cli(output:str, # store folder to write (a new folder, or one this command wrote before); a .parquet name: one long file
                          n_tickers:int=SCALES['quick']['n_tickers'], # number of tickers, at least 1
@@ -681,8 +716,9 @@ def synthetic_market_cli(output:str, # store folder to write (a new folder, or o
                          workers:int=os.cpu_count() or 1, # processes, at least 1 (a chunk of 256 tickers per job)
                          scheduler:str='processes', # where the chunks are generated: 'processes' (a pool of --workers), 'dask' (a local Dask cluster of --workers processes) or a Dask scheduler address tcp://host:port
                          precursor_strength:float=1.0, # multiplies the precursors of the hidden quality (volume tilt, tightening, close location): 0 plants none
+                         force:bool=False, # replace an existing --output or --episodes that this command did not write
                         ):
-    "Write a synthetic OHLCV market to a store folder."
+    "Write a synthetic OHLCV market to a store folder, whole or not at all."
     check_flag(n_tickers >= 1, '--n-tickers', n_tickers, 'at least 1')
     check_flag(n_days >= 2, '--n-days', n_days, 'at least 2')
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
@@ -691,14 +727,22 @@ def synthetic_market_cli(output:str, # store folder to write (a new folder, or o
     params = scaled_precursors(precursor_strength)
     if episodes is not None and same_or_inside(Path(episodes).resolve(), Path(output).resolve()):
         raise UsageError(f"--episodes {episodes} lies inside the store --output {output}: it would be read as a ticker")
+    check_new_output('--output', output, force, owned=lambda p: (p / MARKET_MARKER).is_file())
+    check_not_in_store('--output', output, itself=False)
+    if episodes is not None:
+        check_new_output('--episodes', episodes, force, owned=lambda p: read_metadata(p, required=False).get('stage') == 'synthetic-market')
+        check_not_in_store('--episodes', episodes)
+    recipe = {'stage': 'synthetic-market', 'n_tickers': n_tickers, 'n_days': n_days, 'seed': seed, 'precursor_strength': precursor_strength}
     if Path(output).suffix == '.parquet':   # one long file: the market is built whole, in this process
         frames, truth = synthetic_market(n_tickers, n_days, seed, params=params, with_episodes=True)
         path = write_store(frames, output)
-    else:
-        truth = write_synthetic_store(output, n_tickers, n_days, seed, scheduler, workers, params)
+    else:   # built under a temporary name: a failure or a kill leaves the previous state
+        with atomic_folder(output) as building:
+            truth = write_synthetic_store(building, n_tickers, n_days, seed, scheduler, workers, params)
+            (building / MARKET_MARKER).write_text(json.dumps(recipe))
+            if episodes is not None: write_table(truth, episodes, recipe)   # before the store stands: never a store without it
         path = Path(output)
-    if episodes is not None:
-        with atomic_write(episodes) as tmp: truth.to_parquet(tmp, index=False)
+    if episodes is not None and path.suffix == '.parquet': write_table(truth, episodes, recipe)
     print(f"wrote {n_tickers} synthetic tickers x {n_days} days to {path}" + (f"; answer key: {episodes}" if episodes else '')
           + (f"; precursors x{precursor_strength:g}" if precursor_strength != 1 else ''))
 

@@ -4,11 +4,13 @@
 
 # %% auto #0
 __all__ = ['EVALUATION_METRICS', 'EVALUATION_FILES', 'STRENGTH_METRICS', 'evaluation_variants', 'walk_forward',
-           'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli', 'strength_table',
-           'plot_strength']
+           'evaluation_summary', 'summary_display', 'plot_evaluation', 'evaluate_cli', 'run_evaluation',
+           'strength_table', 'plot_strength']
 
 # %% ../nbs/05a_evaluate.ipynb #d7fe07f8
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -23,9 +25,9 @@ from .model import MODEL_SIZES
 from .metrics import ranking_metrics, RANKING_NAMES
 from .train import (check_settings, checkpoint_probs, fit_model, fold_data, load_training_data, RECIPE,
                             SplitError, walk_forward_folds)
-from .core import (atomic_write, check_flag, check_outputs, command, fingerprint, same_or_inside, save_figure,
-                           UsageError)
-
+from .core import (atomic_write, check_flag, check_new_output, check_outputs, command, fingerprint,
+                           folder_lock, same_or_inside, save_figure, UsageError)
+from .data import check_not_in_store
 
 # %% ../nbs/05a_evaluate.ipynb #a7498dcc
 EVALUATION_METRICS = ['k4_pr_auc', 'k4_recall_top2', 'pattern_k4_recall_top2', 'ev_corr']
@@ -176,9 +178,11 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
                  first_ratio:float=0.5, # date quantile where the first validation block starts, between 0 and 1
                  resume:bool=False, # keep the rows of an interrupted evaluation in --output-dir and run only the missing ones
                  provenance_check:bool=True, # refuse a sequences file without the builder's provenance metadata
+                 force:bool=False, # start afresh over an earlier evaluation (or other files) in --output-dir
                 ):
     "Walk-forward folds x seeds: every model trained, selected and calibrated per fold, scored on the fold's validation rows."
     out = Path(output_dir)
+    check_not_in_store('--output-dir', output_dir)
     check_outputs({'--output-dir': output_dir}, {'--sequences': sequences, '--truth': truth})
     check_flag(folds >= 1, '--folds', folds, 'at least 1'); check_flag(seeds >= 1, '--seeds', seeds, 'at least 1')
     check_flag(0 < first_ratio < 1, '--first-ratio', first_ratio, 'strictly between 0 and 1')
@@ -188,7 +192,10 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
     check_flag(not same_or_inside(Path(sequences).resolve(), out.resolve()), '--output-dir', output_dir,
                'a folder that does not hold --sequences (the models and tables would mix with the inputs)')
     check_settings(epochs, batch_size, learning_rate, 1, k4_weight, model_size)
-    variants = evaluation_variants(loss_names, _numbers(k4_weights, '--k4-weights'), sizes, lightgbm, model_size=model_size,
+    weights = _numbers(k4_weights, '--k4-weights')
+    check_flag(all(w > 0 and math.isfinite(w) for w in weights), '--k4-weights', k4_weights, 'positive numbers')
+    if not resume: check_new_output('--output-dir', out, force)
+    variants = evaluation_variants(loss_names, weights, sizes, lightgbm, model_size=model_size,
                                    epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, k4_weight=k4_weight)
     settings = {'sequences': fingerprint(sequences), 'truth': fingerprint(truth) if truth else None, 'folds': folds,
                 'first_ratio': first_ratio, 'models': variants}   # seeds may grow: each row names its seed
@@ -198,7 +205,29 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
         done = pd.read_csv(out / EVALUATION_FILES[0])
     episodes = read_truth(truth) if truth else None
     data = load_training_data(sequences, provenance_check=provenance_check)
-    out.mkdir(parents=True, exist_ok=True)
+    try: blocks = walk_forward_folds(data['meta'], folds, first_ratio)
+    except SplitError as e: raise UsageError(f"--folds {folds} / --first-ratio {first_ratio}: {e}") from None
+    for k, (_, val, info) in enumerate(blocks, 1):
+        if not (data['y'][val] == K4).any():
+            raise UsageError(f"--folds {folds}: fold {k} (validation from {info['split_date']}, {len(val)} rows) holds no K4 row, "
+                             "so its K4 figures are undefined; use fewer --folds or a lower --first-ratio")
+    with folder_lock(out):
+        if force and not resume:
+            for name in EVALUATION_FILES: (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / 'models', ignore_errors=True)
+        run_evaluation(out, data, variants, folds, seeds, episodes, first_ratio, settings, done)
+
+def run_evaluation(out:Path, # the evaluation folder (locked by the caller)
+                   data:dict, # the sequences (`load_training_data`)
+                   variants:dict, # the models (`evaluation_variants`)
+                   folds:int, # walk-forward folds
+                   seeds:int, # seeds per fold
+                   episodes, # the answer key, or None
+                   first_ratio:float, # where the first validation block starts
+                   settings:dict, # what the rows depend on, written to evaluation.json for --resume
+                   done, # rows of an interrupted evaluation, or None
+                  ):
+    "The evaluation itself: rows saved as they come (for --resume), then the summary and the figure."
     with atomic_write(out / EVALUATION_FILES[3]) as tmp: tmp.write_text(json.dumps(settings, default=str, indent=1))
     def save(rows):
         with atomic_write(out / EVALUATION_FILES[0]) as tmp: rows.to_csv(tmp, index=False)

@@ -9,7 +9,6 @@ __all__ = ['STAGES', 'RUN_DEFAULTS', 'ARTIFACTS', 'CUDA_NOTE', 'INLINE_BACKEND',
            'pipeline_cli']
 
 # %% ../nbs/08_pipeline.ipynb #5053967e
-import fcntl
 import json
 import os
 import platform
@@ -18,7 +17,6 @@ import shlex
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version, PackageNotFoundError
 from pathlib import Path

@@ -6,8 +6,8 @@
 __all__ = ['RECIPE', 'RUN_FILES', 'CHUNK_ROWS', 'CACHE_DIR', 'TRAIN_FIGURES', 'SIGNAL_COMPARISON_FILE', 'Recipe', 'SplitError',
            'purged_split', 'split_table', 'walk_forward_folds', 'selection_split', 'param_groups', 'check_settings',
            'load_resume', 'epoch_order', 'warmup_cosine', 'train', 'calibrate', 'processes', 'shard', 'fold_data',
-           'load_training_data', 'fit_model', 'checkpoint_probs', 'read_sequence_meta', 'sequence_chunks',
-           'write_scaled', 'open_scaled', 'scaled_sides', 'plot_history', 'train_stage', 'train_cli']
+           'load_training_data', 'check_resume_data', 'fit_model', 'checkpoint_probs', 'read_sequence_meta',
+           'sequence_chunks', 'write_scaled', 'open_scaled', 'scaled_sides', 'plot_history', 'train_stage', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #4e3df7c2
 import gc
@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 
 import k4_nbdev
-from .core import (atomic_write, check_flag, check_outputs, command, fingerprint, progress_bar, same_or_inside,
-                           save_figure, UsageError)
+from .core import (atomic_write, check_flag, check_new_output, check_outputs, clear_dead_temporaries, command,
+                           fingerprint, folder_lock, progress_bar, same_or_inside, save_figure, UsageError)
 from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES
 from .loss import CLASS_WEIGHTS, LOSSES, make_loss
 from .model import BACKENDS, create_mamba_attention_model, MODEL_SIZES, resolve_backend
@@ -49,7 +49,7 @@ from .references import (check_in_memory, headline_sentence, LIGHTGBM, lightgbm_
                                  model_comparison, model_signals, OBSERVABLE, observable_model, ORACLE, oracle_model,
                                  plot_quality, PRECURSOR, precursor_baseline, read_truth, signal_comparison,
                                  write_comparison)
-from .data import read_store
+from .data import check_not_in_store, read_store
 
 # %% ../nbs/05_train.ipynb #b1a1e7e5
 @dataclass(frozen=True)
@@ -510,11 +510,23 @@ def load_training_data(sequences, # sequences.parquet written by the sequence bu
     data = dict(X=X, mask=mask, y=y, meta=meta, source=str(sequences), fingerprint=fingerprint(sequences))
     return fold_data(data, *purged_split(meta, split_ratio), inner_ratio)
 
+def check_resume_data(resume, # last.pt of the interrupted run
+                      output_dir, # the model folder it must lie in
+                      data:dict, # the sequences this run reads (`load_training_data`)
+                     ):
+    "Resume only on the data the checkpoint was trained on: the sequences' fingerprint it recorded must be this file's."
+    was = load_resume(resume, output_dir).get('input', {}).get('sequences', {})
+    if was.get('fingerprint') != data['fingerprint']:
+        raise UsageError(f"--resume {resume} was trained on the sequences {was.get('path', '?')} (fingerprint "
+                         f"{str(was.get('fingerprint'))[:12]}), this run reads {data['source']} ({data['fingerprint'][:12]}): "
+                         "resume only on the same data, or start a new --output-dir")
+
 def fit_model(data:dict, # from `load_training_data`
               output_dir, # model folder: best.pt (+ timestamped copy), last.pt, history.json
               **kwargs, # passed to `train` (model_size, loss, epochs, ...)
              ) -> dict: # `train`'s result plus the scaler (None on ranks other than 0 under torchrun)
     "Scale with the fitting rows' statistics, train on them, select and calibrate on the selection slice, keep a timestamped copy."
+    if kwargs.get('resume') is not None: check_resume_data(kwargs['resume'], output_dir, data)
     with scaled_sides(data, output_dir, kwargs.get('device', 'cpu')) as (scaler, side):
         res = train(*side('fit'), *side('select'), output_dir,
                     {'scaler': scaler, 'split': data['info'], 'split_date': data['info']['split_date'], 'sequences': data['source'],
@@ -632,6 +644,7 @@ def scaled_sides(data:dict, # from `load_training_data`: in memory (X) or stream
         return
     out = Path(output_dir)
     created = not out.exists()
+    clear_dead_temporaries(out / CACHE_DIR)   # the maps of a training that was killed
     with processes(device) as (rank, world, _):
         # one copy per machine: its local rank 0 writes it, so the model folder need not be shared between machines
         writer = rank == 0 if world == 1 else int(os.environ.get('LOCAL_RANK', '0')) == 0
@@ -751,9 +764,13 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
               baselines:bool=True, # fit LightGBM and the precursor baseline beside the network and write the comparisons (sequences in memory; --no-baselines streams them)
               n_boot:int=1000, # pattern-bootstrap replicates of the comparison's intervals, at least 10
               provenance_check:bool=True, # refuse a sequences file without the builder's provenance metadata
+              force:bool=False, # write into an --output-dir that holds files this command did not write
              ):
     "Train MambaAttention on a sequences file with the purged temporal split, and compare it with the baselines (on several processes under torchrun)."
     check_outputs({'--output-dir': output_dir}, {'--sequences': sequences, '--ohlcv': ohlcv, '--truth': truth})
+    check_not_in_store('--output-dir', output_dir)
+    check_new_output('--output-dir', output_dir, force or resume is not None,
+                     owned=lambda p: any((p / name).exists() for name in RUN_FILES))   # a model folder of an earlier run
     for flag, given in (('--sequences', sequences), ('--truth', truth)):
         if given is not None and same_or_inside(Path(given).resolve(), Path(output_dir).resolve()):
             raise UsageError(f"--output-dir {output_dir} contains the input {flag} {given}: give the model its own folder")
@@ -768,8 +785,10 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
     recipe = Recipe(model_size=model_size, backend=backend, loss=loss, k4_weight=k4_weight, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, patience=patience, dropout=dropout, split_ratio=split_ratio,
                     inner_ratio=inner_ratio, seed=seed)
-    res = train_stage(sequences, output_dir, model_dir=output_dir, recipe=recipe, ohlcv=ohlcv, truth=truth, baselines=baselines,
-                      n_boot=n_boot, device=device, resume=resume, provenance_check=provenance_check)
+    first = int(os.environ.get('RANK', '0')) == 0   # under torchrun the first process owns the folder
+    with (folder_lock(Path(output_dir)) if first else nullcontext()):
+        res = train_stage(sequences, output_dir, model_dir=output_dir, recipe=recipe, ohlcv=ohlcv, truth=truth, baselines=baselines,
+                          n_boot=n_boot, device=device, resume=resume, provenance_check=provenance_check)
     if res is None: return   # under torchrun only the first process speaks
     i, fit = res['data']['info'], res['fit']
     short = lambda m: json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})

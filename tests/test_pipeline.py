@@ -202,8 +202,9 @@ def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_runs_lock_is_take
         second = subprocess.run([str(EXE), '--name', 'busy', '--runs-root', str(tmp_path), '--scale', 'tiny'],
                                 capture_output=True, text=True)
         assert second.returncode == 1 and 'Traceback' not in second.stderr, second.stderr
-        assert second.stderr.strip() == (f"k4-pipeline: run folder {tmp_path / 'busy'} is in use by a live run (process "
-                                         f"{first.pid}, lock {lock}): wait for it to end, or choose another --name")
+        assert second.stderr.strip() == (f"k4-pipeline: {tmp_path / 'busy'} is in use by a live run (process "
+                                         f"{first.pid}, lock {lock}): wait for it to end, or write somewhere else "
+                                         "(the pipeline: another --name)")
     finally:
         os.killpg(first.pid, signal.SIGKILL)                       # the first run dies without cleaning up
         first.wait()

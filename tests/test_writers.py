@@ -53,3 +53,154 @@ def test_k4_predict_uncalibrated_scores_the_raw_softmax_and_says_so(trained, tmp
                                       '--output', str(tmp_path / 'p.parquet'), '--uncalibrated'])
     assert code == 0, msg
     assert read_metadata(tmp_path / 'p.parquet')['calibration'] == 'none: raw softmax (--uncalibrated)'
+
+
+from k4_nbdev.data import synthetic_market_cli
+import k4_nbdev.data as data_module
+
+MARKET = ['--n-tickers', '2', '--n-days', '300', '--workers', '1']
+
+
+def market(path:Path, *flags) -> tuple:
+    return exit_of(synthetic_market_cli, ['--output', str(path), *MARKET, *flags])
+
+
+@pytest.fixture
+def other_store(tmp_path):
+    "A store this command did not write (a user's, or another tool's): four tickers."
+    assert market(tmp_path / 'users', '--n-tickers', '4', '--seed', '7')[0] == 0
+    (tmp_path / 'users' / '.k4-synthetic-market.json').unlink()
+    return tmp_path / 'users'
+
+
+@pytest.mark.parametrize('case', ['a store it did not write', 'a folder of other files', 'a link to a store'])
+def test_k4_synthetic_market_never_replaces_what_it_did_not_write(other_store, tmp_path, case):
+    target = {'a store it did not write': other_store, 'a folder of other files': tmp_path / 'notes',
+              'a link to a store': tmp_path / 'link'}[case]
+    if case == 'a folder of other files': target.mkdir(); (target / 'todo.txt').write_text('mine')
+    if case == 'a link to a store': target.symlink_to(other_store, target_is_directory=True)
+    before = fingerprint(other_store), sorted(p.name for p in tmp_path.iterdir())
+    code, msg = market(target)
+    assert code == 1 and '--output' in msg and 'did not write' in msg and '--force' in msg and '\n' not in msg, msg
+    assert (fingerprint(other_store), sorted(p.name for p in tmp_path.iterdir())) == before
+    assert not leftovers(tmp_path)
+
+
+def test_k4_synthetic_market_replaces_its_own_store_whole_and_force_replaces_another(other_store, tmp_path):
+    assert market(tmp_path / 'mine', '--n-tickers', '4')[0] == 0
+    assert market(tmp_path / 'mine')[0] == 0                                 # its own store: replaced, not mixed
+    assert sorted(p.name for p in (tmp_path / 'mine').glob('*.parquet')) == ['SYN0000.parquet', 'SYN0001.parquet']
+    assert market(other_store, '--force')[0] == 0
+    assert sorted(p.name for p in other_store.glob('*.parquet')) == ['SYN0000.parquet', 'SYN0001.parquet']
+    assert not leftovers(tmp_path)
+
+
+def test_k4_synthetic_market_episodes_never_replace_another_file(trained, tmp_path):
+    run, _ = trained
+    seqs = Path(shutil.copy(run / 'sequences.parquet', tmp_path / 'sequences.parquet'))
+    before = fingerprint(seqs)
+    code, msg = market(tmp_path / 'm', '--episodes', str(seqs))
+    assert code == 1 and '--episodes' in msg and 'did not write' in msg, msg
+    assert fingerprint(seqs) == before and not (tmp_path / 'm').exists() and not leftovers(tmp_path)
+    assert market(tmp_path / 'm', '--episodes', str(tmp_path / 'e.parquet'))[0] == 0
+    assert market(tmp_path / 'm', '--episodes', str(tmp_path / 'e.parquet'))[0] == 0     # its own answer key: replaced
+
+
+def test_k4_synthetic_market_inside_a_store_is_refused(other_store):
+    code, msg = market(other_store / 'inner')
+    assert code == 1 and 'lies inside the OHLCV store' in msg, msg
+    assert not (other_store / 'inner').exists()
+
+
+def test_a_failing_market_writer_leaves_the_previous_state(tmp_path, monkeypatch):
+    "A full disk half way through the tickers: no store appears, the previous one stays whole, no temporary is left."
+    assert market(tmp_path / 'mine')[0] == 0
+    before = fingerprint(tmp_path / 'mine')
+    def full_disk(path, *a, **k):
+        (Path(path) / 'SYN0000.parquet').write_bytes(b'half')
+        raise OSError(28, 'No space left on device', str(Path(path) / 'SYN0001.parquet'))
+    monkeypatch.setattr(data_module, 'write_synthetic_store', full_disk)
+    for target in (tmp_path / 'mine', tmp_path / 'new'):
+        code, msg = market(target, '--episodes', str(tmp_path / 'e.parquet'))
+        assert code == 1 and 'no space left' in msg, msg
+    assert fingerprint(tmp_path / 'mine') == before and not (tmp_path / 'new').exists()
+    assert not (tmp_path / 'e.parquet').exists() and not leftovers(tmp_path)
+
+
+import subprocess
+import sys
+import time
+
+from k4_nbdev.core import LOCK_FILE
+from k4_nbdev.evaluate import evaluate_cli
+from k4_nbdev.testing import rewritten
+from k4_nbdev.train import fit_model, load_training_data, train_cli
+
+
+def test_k4_train_and_k4_evaluate_never_write_inside_an_ohlcv_store(trained, tmp_path):
+    run, _ = trained
+    store = Path(shutil.copytree(run / 'ohlcv', tmp_path / 'ohlcv'))
+    before = fingerprint(store)
+    for main, name in ((train_cli, 'k4-train'), (evaluate_cli, 'k4-evaluate')):
+        code, msg = exit_of(main, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(store / 'model')])
+        assert code == 1 and msg.startswith(f'{name}: --output-dir') and 'lies inside the OHLCV store' in msg, msg
+    assert fingerprint(store) == before
+
+
+def test_k4_evaluate_never_replaces_an_earlier_evaluation(trained, tmp_path):
+    run, _ = trained
+    (tmp_path / 'ev').mkdir(); (tmp_path / 'ev' / 'evaluation.csv').write_text('fold,seed\n1,0\n')
+    code, msg = exit_of(evaluate_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev')])
+    assert code == 1 and 'did not write' in msg and '--force' in msg, msg
+    assert (tmp_path / 'ev' / 'evaluation.csv').read_text() == 'fold,seed\n1,0\n'
+
+
+@pytest.mark.parametrize('flags,says', [(['--folds', '3'], 'fold 1 ('), (['--k4-weights', '-5'], '--k4-weights must be positive')])
+def test_k4_evaluate_checks_folds_and_weights_before_any_work(trained, tmp_path, flags, says):
+    "The tiny market's first folds hold no K4: refused at the door, as is a negative K4 weight, not after a model trained."
+    run, _ = trained
+    code, msg = exit_of(evaluate_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'ev'), *flags])
+    assert code == 1 and says in msg and '\n' not in msg, msg
+    assert not (tmp_path / 'ev').exists()
+
+
+def test_two_k4_train_on_one_folder_the_second_is_refused(trained, tmp_path):
+    run, _ = trained
+    hold = f"import pathlib, time; from k4_nbdev.core import folder_lock\nwith folder_lock(pathlib.Path({str(tmp_path / 'm')!r})): time.sleep(600)"
+    first = subprocess.Popen([sys.executable, '-c', hold], start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not ((tmp_path / 'm' / LOCK_FILE).exists() and (tmp_path / 'm' / LOCK_FILE).read_text().strip() == str(first.pid)):
+            assert time.time() < deadline and first.poll() is None, 'the first writer never took its lock'
+            time.sleep(0.1)
+        code, msg = exit_of(train_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'm'),
+                                        '--epochs', '1', '--no-baselines', '--force'])
+        assert code == 1 and f'is in use by a live run (process {first.pid}' in msg, msg
+        assert sorted(p.name for p in (tmp_path / 'm').iterdir()) == [LOCK_FILE]
+    finally:
+        first.kill(); first.wait()
+
+
+def test_k4_train_resumes_only_on_the_data_it_was_trained_on(trained, tmp_path):
+    run, _ = trained
+    data = load_training_data(run / 'sequences.parquet')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        fit_model(data, tmp_path / 'm', epochs=2, until_epoch=1, model_size='small', verbose=False)   # a run killed after epoch 1
+    other = rewritten(run / 'sequences.parquet', tmp_path / 'other.parquet', lambda X, m, meta: X.__setitem__((0, -1, 0), X[0, -1, 0] + 1))
+    code, msg = exit_of(train_cli, ['--sequences', str(other), '--output-dir', str(tmp_path / 'm'), '--epochs', '2',
+                                    '--resume', str(tmp_path / 'm' / 'last.pt'), '--no-baselines'])
+    assert code == 1 and 'was trained on the sequences' in msg and 'resume only on the same data' in msg, msg
+
+
+def test_k4_train_clears_the_maps_a_killed_training_left(trained, tmp_path):
+    run, _ = trained
+    dead = tmp_path / 'm' / 'scaled_inputs.tmp-999999999'
+    dead.mkdir(parents=True); (dead / 'fit.npy').write_bytes(b'half')
+    (tmp_path / 'm' / 'last.pt').write_bytes(b'')    # the folder is a model folder of an earlier run
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        code, msg = exit_of(train_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'm'),
+                                        '--epochs', '1', '--no-baselines'])
+    assert code == 0, msg
+    assert not dead.exists() and not leftovers(tmp_path)
