@@ -110,12 +110,32 @@ _COLUMN_ALIASES = {'datetime': 'date', 'timestamp': 'date', 'time': 'date', 'day
 
 def parse_dates(raw:pd.Series, # a date column as read from a file
                ) -> pd.Series: # the dates; unparseable values are NaT
-    "Parse dates month-first, unless the text is day-first: then only the day-first reading is in order (03/04 vs 04/03)."
-    month_first = pd.to_datetime(raw, errors='coerce', format='mixed')
-    if pd.api.types.is_datetime64_any_dtype(raw) or pd.api.types.is_numeric_dtype(raw): return month_first
-    day_first = pd.to_datetime(raw, errors='coerce', format='mixed', dayfirst=True)
-    in_order = lambda d: d.dropna().is_monotonic_increasing
+    "Parse text dates (DD/MM/YYYY only when that is the one reading in order), YYYYMMDD integers and epoch seconds or milliseconds."
+    if pd.api.types.is_datetime64_any_dtype(raw): return raw
+    if pd.api.types.is_numeric_dtype(raw): return _numeric_dates(raw)
+    parts = raw.astype(str).str.strip().str.extract(r'^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2,4})(?:[ T].*)?$')
+    if raw.isna().any() or parts.isna().any(axis=None):   # ISO dates and everything else: one reading
+        return pd.to_datetime(raw, errors='coerce', format='mixed')
+    a, b, y = (parts[k].astype(int) for k in (0, 1, 2))
+    y = y.where(y >= 100, y + 2000)
+    reading = lambda month, day: pd.to_datetime(pd.DataFrame({'year': y, 'month': month, 'day': day}), errors='coerce')
+    month_first, day_first = reading(a, b), reading(b, a)
+    in_order = lambda d: d.notna().all() and d.is_monotonic_increasing
+    if in_order(day_first) and in_order(month_first) and not day_first.equals(month_first):
+        i = int(np.flatnonzero((day_first != month_first).to_numpy())[0])
+        raise OHLCVError(f"dates such as {raw.iloc[i]!r} read two ways, both in order: {month_first.iloc[i].date()} "
+                         f"(month first) or {day_first.iloc[i].date()} (day first); write the dates as YYYY-MM-DD")
     return day_first if in_order(day_first) and not in_order(month_first) else month_first
+
+def _numeric_dates(raw:pd.Series) -> pd.Series:
+    "Dates stored as numbers: YYYYMMDD, or seconds or milliseconds since 1970; anything else is refused by name."
+    v = raw.dropna()
+    if len(v) and (v % 1 == 0).all() and v.between(1e7, 3e7).all():
+        return pd.to_datetime(raw.astype('Int64').astype(str), format='%Y%m%d', errors='coerce')
+    for unit, lo, hi in (('s', 1e8, 1e10), ('ms', 1e11, 1e13)):
+        if len(v) and v.between(lo, hi).all(): return pd.to_datetime(raw, unit=unit, errors='coerce')
+    raise OHLCVError(f"the date column holds numbers ({v.iloc[0] if len(v) else 'none'}, ...) that are neither YYYYMMDD nor seconds "
+                     "or milliseconds since 1970; write the dates as YYYY-MM-DD")
 
 def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
                    ) -> pd.DataFrame: # same rows, schema column names, `date` parsed to tz-naive midnight

@@ -262,7 +262,9 @@ def summarise(record:dict) -> str:
 # %% ../nbs/08_pipeline.ipynb #c7de521b
 KNOB_RULES = [('seed', lambda v: v >= 0, 'a number, at least 0'), ('epochs', lambda v: v >= 1, 'a number, at least 1'),
               ('batch_size', lambda v: v >= 1, 'a number, at least 1'),
-              ('split_ratio', lambda v: 0 < v < 1, 'a number between 0 and 1 (exclusive)')]
+              ('split_ratio', lambda v: 0 < v < 1, 'a number between 0 and 1 (exclusive)'),
+              ('workers', lambda v: v >= 1, 'a number, at least 1'), ('n_boot', lambda v: v >= 10, 'a number, at least 10'),
+              ('k4_weight', lambda v: v > 0, 'a number above 0'), ('learning_rate', lambda v: v > 0, 'a number above 0')]
 
 @command('k4-pipeline')   # not an entry point itself: `pipeline_cli`, which settings.ini names, hands it the arguments
 def run_cli(name:str='quick', # run name: the folder under --runs-root (a plain folder name)

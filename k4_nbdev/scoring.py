@@ -10,6 +10,7 @@ __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'TEMPERATURE_RANGE', 
            'sequences_provenance']
 
 # %% ../nbs/04a_scoring.ipynb #7c1c81f6
+import errno
 import pickle
 import warnings
 from pathlib import Path
@@ -183,8 +184,13 @@ CHECKPOINT_KEYS = ['config', 'state_dict', 'feature_names', 'class_names']   # w
 def save_checkpoint(path, # the file to write
                     ckpt:dict, # tensors, numbers, strings, lists and dicts only
                    ):
-    "Write a checkpoint atomically: a crash never leaves a half-written file that looks complete."
-    with atomic_write(Path(path)) as tmp: torch.save(ckpt, tmp)
+    "Write a checkpoint atomically: a crash never leaves a half-written file that looks complete; a failed write is an OSError naming the file."
+    with atomic_write(Path(path)) as tmp:
+        try: torch.save(ckpt, tmp)
+        except RuntimeError as e:   # torch's own words for a full disk: "PytorchStreamWriter failed writing file ..."
+            if 'write' not in str(e).lower(): raise
+            raise OSError(errno.ENOSPC if 'space' in str(e).lower() or 'failed writing' in str(e).lower() else errno.EIO,
+                          f"the checkpoint could not be written ({str(e).splitlines()[0][:120]})", str(path)) from None
 
 def _read_torch_file(path:Path):
     "torch.load with weights_only=True; a file it cannot read becomes one ValueError naming the file and the reason."

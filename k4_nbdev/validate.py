@@ -13,7 +13,7 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
            'model_quality', 'run_checks', 'verdict', 'quality_section', 'read_comparison', 'comparison_section',
            'strong_section', 'backtest_section', 'render_report', 'jsonable', 'report_figures', 'write_report',
-           'check_finite_scores', 'check_provenance', 'validate', 'validate_cli']
+           'check_finite_scores', 'check_labels', 'check_provenance', 'validate', 'validate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -616,6 +616,19 @@ def check_finite_scores(preds:pd.DataFrame, # predictions
     raise ValueError(f"{path} has {bad.sum()} non-finite values (NaN or infinite) in rows {shown} of the columns "
                      f"{[columns[c] for c in cols]}: predict again with a sound model")
 
+def check_labels(preds:pd.DataFrame, # predictions
+                 path, # their file, named in the error
+                ):
+    "Stop on a true or predicted class that is not one of the six (an unlabelled row, NA, is allowed), naming rows and values."
+    for column in ('outcome_class', 'predicted_class'):
+        if column not in preds: raise ValueError(f"{path} has no column {column!r}: it is not a predictions file of k4-predict")
+        v = pd.to_numeric(preds[column], errors='coerce')
+        bad = np.flatnonzero((preds[column].notna() & ~v.isin(range(len(CLASS_NAMES)))).to_numpy())
+        if len(bad):
+            shown = ', '.join(f'row {i}: {preds[column].iloc[i]}' for i in bad[:3]) + (' ...' if len(bad) > 3 else '')
+            raise ValueError(f"{path}: {column} holds {len(bad)} values that are not a class 0–{len(CLASS_NAMES) - 1} "
+                             f"(K0–K5) ({shown})")
+
 def check_provenance(predictions, # predictions parquet (`06_predict`)
                      recorded:dict, # its metadata (`read_metadata(..., required=False)`)
                      given:dict, # 'sequences' / 'model' -> the file given for it (None: not given)
@@ -661,6 +674,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
                            'expected_value', 'signal'] + PROB_COLUMNS if c not in preds.columns]
     if missing: raise ValueError(f"{predictions} lacks the columns {missing}; it must be written by k4-predict")
     check_finite_scores(preds, predictions)
+    check_labels(preds, predictions)
     recorded = read_metadata(predictions, required=False)
     checked = (check_provenance(predictions, recorded, {'sequences': sequences, 'model': model}) if provenance else
                "skipped (--no-provenance-check): the predictions may not come from the files named here")

@@ -204,3 +204,62 @@ def test_k4_train_clears_the_maps_a_killed_training_left(trained, tmp_path):
                                         '--epochs', '1', '--no-baselines'])
     assert code == 0, msg
     assert not dead.exists() and not leftovers(tmp_path)
+
+
+from k4_nbdev.patterns import check_ohlcv_cli
+
+
+def csv_store(folder:Path, dates) -> Path:
+    folder.mkdir(parents=True)
+    n = len(dates)
+    pd.DataFrame({'date': dates, 'open': [10.0] * n, 'high': [10.5] * n, 'low': [9.5] * n, 'close': [10.0] * n,
+                  'volume': [1000] * n}).to_csv(folder / 'AAA.csv', index=False)
+    return folder
+
+
+def test_dates_that_read_two_ways_are_refused_with_both_readings(tmp_path):
+    store = csv_store(tmp_path / 's', ['01/02/2024', '01/03/2024', '01/04/2024'])
+    before = fingerprint(store)
+    code, msg = exit_of(check_ohlcv_cli, [str(store)])
+    assert code == 1 and 'read two ways' in msg and '2024-01-02 (month first) or 2024-02-01 (day first)' in msg, msg
+    assert fingerprint(store) == before
+
+
+def test_integer_dates_are_read_as_yyyymmdd_not_as_1970(tmp_path, capsys):
+    store = csv_store(tmp_path / 's', [20240102, 20240103, 20240104])
+    code, msg = exit_of(check_ohlcv_cli, [str(store)])
+    assert code == 0, msg
+    assert '1 tickers, 3 valid bars' in capsys.readouterr().out
+
+
+def test_a_checkpoint_the_disk_cannot_take_is_one_line_and_leaves_no_part(trained, tmp_path, monkeypatch):
+    "torch's own error for a full disk becomes the one-line OS error of the project, naming the file; no temporary stays."
+    run, _ = trained
+    import k4_nbdev.scoring as scoring
+    def full(obj, f, *a, **k):
+        Path(f).write_bytes(b'PK half')
+        raise RuntimeError('[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/3: file write failed')
+    monkeypatch.setattr(scoring.torch, 'save', full)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        code, msg = exit_of(train_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'm'),
+                                        '--epochs', '1', '--no-baselines'])
+    assert code == 1 and msg.startswith('k4-train: ') and 'no space left on the device' in msg and '\n' not in msg, msg
+    assert str(tmp_path / 'm') in msg and not leftovers(tmp_path)
+
+
+from k4_nbdev.validate import validate_cli
+
+
+def test_k4_validate_refuses_a_label_that_is_no_class(trained, tmp_path):
+    run, best = trained
+    code, _ = exit_of(predict_cli, ['--model', str(best), '--sequences', str(run / 'sequences.parquet'), '--output', str(tmp_path / 'p.parquet')])
+    assert code == 0
+    t = pq.read_table(tmp_path / 'p.parquet'); df = t.to_pandas()
+    df.loc[df.index[-1], 'outcome_class'] = 9
+    import pyarrow as pa
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(t.schema.metadata), tmp_path / 'bad.parquet')
+    code, msg = exit_of(validate_cli, ['--predictions', str(tmp_path / 'bad.parquet'), '--output', str(tmp_path / 'r.md'),
+                                       '--no-provenance-check', '--n-audit', '0'])
+    assert code == 1 and 'outcome_class holds 1 values that are not a class 0–5' in msg and 'row ' in msg and '\n' not in msg, msg
+    assert not (tmp_path / 'r.md').exists()
