@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
@@ -191,6 +192,7 @@ def command(prog:str=None, # the console script's name; None: as installed (`scr
             p.add_argument('--debug', action='store_true', help='show the traceback of an error (for a bug report)')
             args = vars(p.parse_args(argv))
             debug = args.pop('debug')
+            if debug: os.environ['K4_DEBUG'] = '1'   # the schedulers show Dask's own log too
             try: return func(**args)
             except USER_ERRORS as e:
                 if debug: raise
@@ -247,11 +249,15 @@ def job_map(scheduler:str='processes', # 'processes', 'dask' or 'tcp://host:port
         return
     from distributed import Client, LocalCluster
     with ExitStack() as stack:
+        quiet = logging.getLogger('distributed')   # Dask's own log ("Compute Failed" with the worker's traceback, heartbeats
+        level = quiet.level                         # at shutdown): the job's error reaches the caller as one line instead
+        quiet.setLevel(logging.DEBUG if os.environ.get('K4_DEBUG') else logging.CRITICAL)
+        stack.callback(quiet.setLevel, level)
         if scheduler == 'dask':
             with warnings.catch_warnings():   # no dashboard; its HTTP port is taken when another cluster runs: not news
                 warnings.filterwarnings('ignore', message='Port .* is already in use')
                 cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                           dashboard_address=None))
+                                                           dashboard_address=None, silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
         else:
             try: client = stack.enter_context(Client(scheduler))

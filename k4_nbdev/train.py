@@ -769,11 +769,11 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
     "Train MambaAttention on a sequences file with the purged temporal split, and compare it with the baselines (on several processes under torchrun)."
     check_outputs({'--output-dir': output_dir}, {'--sequences': sequences, '--ohlcv': ohlcv, '--truth': truth})
     check_not_in_store('--output-dir', output_dir)
-    check_new_output('--output-dir', output_dir, force or resume is not None,
-                     owned=lambda p: any((p / name).exists() for name in RUN_FILES))   # a model folder of an earlier run
     for flag, given in (('--sequences', sequences), ('--truth', truth)):
         if given is not None and same_or_inside(Path(given).resolve(), Path(output_dir).resolve()):
             raise UsageError(f"--output-dir {output_dir} contains the input {flag} {given}: give the model its own folder")
+    check_new_output('--output-dir', output_dir, force or resume is not None,
+                     owned=lambda p: any((p / name).exists() for name in RUN_FILES))   # a model folder of an earlier run
     check_settings(epochs, batch_size, learning_rate, patience, k4_weight, model_size, backend, loss, split_ratio)
     check_flag(0 < inner_ratio < 1, '--inner-ratio', inner_ratio, 'strictly between 0 and 1')
     check_flag(0 <= dropout < 1, '--dropout', dropout, 'in [0, 1)')
