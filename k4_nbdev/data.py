@@ -667,10 +667,13 @@ def build_store(output_dir, # run folder; the store is `{output_dir}/ohlcv`
     store, truth = Path(output_dir) / 'ohlcv', Path(output_dir) / TRUTH_FILE
     if data_source != 'synthetic':
         truth.unlink(missing_ok=True)   # an answer key must never outlive its market
-        return write_store(load_source(data_source), store)
+        frames = load_source(data_source)
+        with atomic_folder(store) as building: write_store(frames, building)   # whole, and never mixed with an earlier market
+        return store
     if scale not in SCALES: raise KeyError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
     truth.unlink(missing_ok=True)       # written again once the market is
-    episodes = write_synthetic_store(store, **SCALES[scale], seed=seed, scheduler=scheduler, workers=workers)
+    with atomic_folder(store) as building:
+        episodes = write_synthetic_store(building, **SCALES[scale], seed=seed, scheduler=scheduler, workers=workers)
     with atomic_write(truth) as tmp: episodes.to_parquet(tmp, index=False)
     return store
 

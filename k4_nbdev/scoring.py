@@ -179,7 +179,7 @@ def checkpoint_calibration(ckpt:dict, # from `load_checkpoint`
 
 # %% ../nbs/04a_scoring.ipynb #40f5fdf0
 CHECKPOINT_FORMAT = 'k4_nbdev.checkpoint/1'
-CHECKPOINT_KEYS = ['config', 'state_dict', 'feature_names', 'class_names']   # what every checkpoint holds
+CHECKPOINT_KEYS = ['config', 'state_dict', 'feature_names', 'class_names', 'scaler']   # what every checkpoint holds
 
 def save_checkpoint(path, # the file to write
                     ckpt:dict, # tensors, numbers, strings, lists and dicts only

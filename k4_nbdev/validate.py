@@ -13,7 +13,7 @@ __all__ = ['SCOPES', 'PASS', 'FAIL', 'NO_SIGNAL', 'UNKNOWN', 'SKIPPED', 'FAILED'
            'plot_confusion', 'plot_calibration', 'plot_k4_pr', 'plot_signal_quality', 'plot_ev_vs_realised',
            'model_quality', 'run_checks', 'verdict', 'quality_section', 'read_comparison', 'comparison_section',
            'strong_section', 'backtest_section', 'render_report', 'jsonable', 'report_figures', 'write_report',
-           'check_finite_scores', 'check_labels', 'check_provenance', 'validate', 'validate_cli']
+           'check_finite_scores', 'check_labels', 'recorded_split', 'check_provenance', 'validate', 'validate_cli']
 
 # %% ../nbs/07_validate.ipynb #9990dac2
 import json
@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 import k4_nbdev
-from .core import atomic_write, check_flag, check_outputs, command, fingerprint, read_metadata, save_figure
+from .core import (atomic_folder, atomic_write, check_flag, check_outputs, command, fingerprint, read_metadata,
+                           save_figure)
 
 from .definitions import AVOIDED_CLASSES, CLASS_NAMES, K4, PROB_COLUMNS, SIGNALS, STRONG_CLASSES, VALUES
 
@@ -595,7 +596,9 @@ def write_report(results:dict, # from `run_checks`
     output = Path(output)
     metrics = output.parent / 'metrics.json' if metrics is None else Path(metrics)
     folder = output.parent / f'{output.stem}_figures'
-    figures = {k: save_figure(fig, folder / f'{k}.png') for k, fig in report_figures(results).items()}
+    with atomic_folder(folder) as building:   # the figures of one report, whole: never some of an earlier one's
+        names = [save_figure(fig, building / f'{k}.png').name for k, fig in report_figures(results).items()]
+    figures = {Path(n).stem: folder / n for n in names}
     text = render_report(results, {k: p.relative_to(output.parent).as_posix() for k, p in figures.items()})
     with atomic_write(output) as tmp: tmp.write_text(text, encoding='utf-8')
     body = {'generated': datetime.now().isoformat(timespec='seconds'), 'version': k4_nbdev.__version__,
@@ -628,6 +631,20 @@ def check_labels(preds:pd.DataFrame, # predictions
             shown = ', '.join(f'row {i}: {preds[column].iloc[i]}' for i in bad[:3]) + (' ...' if len(bad) > 3 else '')
             raise ValueError(f"{path}: {column} holds {len(bad)} values that are not a class 0–{len(CLASS_NAMES) - 1} "
                              f"(K0–K5) ({shown})")
+
+def recorded_split(predictions, # predictions parquet (`06_predict`)
+                   recorded:dict, # its provenance (`read_metadata`)
+                  ) -> dict: # the training split the predictions record, checked against their model where it can be read
+    "The split recorded in the predictions; refused when the model they were made with, still at its path, says otherwise."
+    split, made = recorded.get('split'), recorded.get('input', {}).get('model', {})
+    path = Path(made.get('path') or '')
+    if split is not None and made.get('path') and path.is_file() and fingerprint(path) == made.get('fingerprint'):
+        truth = load_checkpoint(path).get('split')
+        if truth is not None and truth.get('split_date') != split.get('split_date'):
+            raise ValueError(f"{predictions} records the split date {split.get('split_date')}, but the model it was made with "
+                             f"({path}) was trained with the split date {truth.get('split_date')}: the predictions' metadata was "
+                             f"changed; validate with --model {path}")
+    return split
 
 def check_provenance(predictions, # predictions parquet (`06_predict`)
                      recorded:dict, # its metadata (`read_metadata(..., required=False)`)
@@ -679,7 +696,7 @@ def validate(predictions, # predictions parquet (`06_predict`)
     checked = (check_provenance(predictions, recorded, {'sequences': sequences, 'model': model}) if provenance else
                "skipped (--no-provenance-check): the predictions may not come from the files named here")
     episodes = read_truth(truth) if truth is not None else None
-    split = load_checkpoint(model).get('split') if model is not None else recorded.get('split')
+    split = load_checkpoint(model).get('split') if model is not None else recorded_split(predictions, recorded)
     results = run_checks(preds, split, sequences, ohlcv, scope, n_audit, seed, bar_fn, episodes, n_boot)
     results['comparison'] = read_comparison(comparison, len(results['scored'])) if comparison is not None else None
     results['inputs'] = {'Predictions': f"{predictions} ({len(preds):,} rows)",

@@ -263,3 +263,35 @@ def test_k4_validate_refuses_a_label_that_is_no_class(trained, tmp_path):
                                        '--no-provenance-check', '--n-audit', '0'])
     assert code == 1 and 'outcome_class holds 1 values that are not a class 0–5' in msg and 'row ' in msg and '\n' not in msg, msg
     assert not (tmp_path / 'r.md').exists()
+
+
+def test_k4_validate_refuses_predictions_whose_recorded_split_was_edited(trained, tmp_path):
+    "An edited split date would score the training rows as validation; the model the predictions name says otherwise."
+    run, best = trained
+    assert exit_of(predict_cli, ['--model', str(best), '--sequences', str(run / 'sequences.parquet'), '--output', str(tmp_path / 'p.parquet')])[0] == 0
+    t = pq.read_table(tmp_path / 'p.parquet')
+    import json
+    meta = json.loads(t.schema.metadata[b'k4_nbdev']); meta['split']['split_date'] = '2000-01-03'
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b'k4_nbdev': json.dumps(meta).encode()}), tmp_path / 'edited.parquet')
+    code, msg = exit_of(validate_cli, ['--predictions', str(tmp_path / 'edited.parquet'), '--output', str(tmp_path / 'r.md'),
+                                       '--no-provenance-check', '--n-audit', '0'])
+    assert code == 1 and 'records the split date 2000-01-03' in msg and '--model' in msg, msg
+    assert not (tmp_path / 'r.md').exists()
+
+
+def test_a_checkpoint_without_its_scaler_is_named_not_a_bare_keyerror(trained, tmp_path):
+    run, best = trained
+    bad = doctored_checkpoint(best, tmp_path / 'best.pt', lambda c: c.pop('scaler'))
+    code, msg = exit_of(predict_cli, ['--model', str(bad), '--sequences', str(run / 'sequences.parquet'), '--output', str(tmp_path / 'p.parquet')])
+    assert code == 1 and str(bad) in msg and "lacks ['scaler']" in msg, msg
+
+
+def test_the_pipelines_store_is_replaced_whole_never_mixed(tmp_path):
+    "A run folder written again (another market) holds the new store alone: no ticker of the old one survives."
+    from k4_nbdev.data import build_store
+    store = build_store(tmp_path, 'synthetic', 'tiny', 0)
+    (store / 'OLD0001.parquet').write_bytes((store / 'SYN0000.parquet').read_bytes())   # a ticker of an earlier market
+    first = fingerprint(tmp_path / 'episodes.parquet')
+    build_store(tmp_path, 'synthetic', 'tiny', 0)
+    assert not (store / 'OLD0001.parquet').exists() and fingerprint(tmp_path / 'episodes.parquet') == first
+    assert not leftovers(tmp_path)
