@@ -295,3 +295,18 @@ def test_the_pipelines_store_is_replaced_whole_never_mixed(tmp_path):
     build_store(tmp_path, 'synthetic', 'tiny', 0)
     assert not (store / 'OLD0001.parquet').exists() and fingerprint(tmp_path / 'episodes.parquet') == first
     assert not leftovers(tmp_path)
+
+
+def test_a_job_that_fails_in_a_dask_worker_is_one_line_without_dasks_log(trained, tmp_path):
+    "A bad ticker found by a worker of a local Dask cluster: the project's one line, not the worker's 'Compute Failed' and traceback."
+    pytest.importorskip('distributed')
+    run, _ = trained
+    store = Path(shutil.copytree(run / 'ohlcv', tmp_path / 'ohlcv'))
+    bad = sorted(store.glob('*.parquet'))[3]
+    f = pd.read_parquet(bad); f.loc[100, 'high'] = f.loc[100, 'low'] * 0.5; f.to_parquet(bad, index=False)
+    exe = Path(sys.executable).parent / 'k4-patterns'
+    r = subprocess.run([str(exe), '--ohlcv', str(store), '--output', str(tmp_path / 's.parquet'), '--scheduler', 'dask', '--workers', '2'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith('k4-patterns: OHLCV for ticker'), r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and 'Compute Failed' not in r.stderr and 'distributed' not in r.stderr
+    assert not (tmp_path / 's.parquet').exists()
