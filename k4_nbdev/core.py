@@ -325,11 +325,12 @@ LOCK_FILE = 'run.lock'   # inside the folder it locks; removed when the writer e
 
 @contextmanager
 def folder_lock(run_dir:Path, # the folder to own (a run folder, a model folder, an evaluation)
+                lock_file=None, # the lock's file; None: `run_dir`/run.lock (a folder built whole and renamed: a file beside it)
                ): # yields the pid of a dead run whose lock was taken over, or ''
     "Own a folder while the block runs: a second writer of it is refused while the first lives."
     run_dir = Path(run_dir)
-    lock, created = run_dir / LOCK_FILE, not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, created = Path(lock_file) if lock_file else run_dir / LOCK_FILE, not run_dir.exists()
+    (lock.parent if lock_file else run_dir).mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # the kernel drops the lock when its process dies
@@ -346,4 +347,4 @@ def folder_lock(run_dir:Path, # the folder to own (a run folder, a model folder,
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
-        if created and not any(run_dir.iterdir()): run_dir.rmdir()   # a writer that failed before writing leaves no empty folder
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()): run_dir.rmdir()   # a writer that failed before writing leaves no empty folder

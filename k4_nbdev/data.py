@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .core import (atomic_folder, atomic_write, check_flag, check_new_output, check_scheduler, command,
-                           job_map, read_metadata, same_or_inside, UsageError, write_table)
+                           folder_lock, job_map, read_metadata, same_or_inside, UsageError, write_table)
 
 # %% ../nbs/00_data.ipynb #a6351fb8
 OHLCV_COLUMNS = ['date', 'open', 'high', 'low', 'close', 'volume']
@@ -759,8 +759,9 @@ def synthetic_market_cli(output:str, # store folder to write (a new folder, or o
     if Path(output).suffix == '.parquet':   # one long file: the market is built whole, in this process
         frames, truth = synthetic_market(n_tickers, n_days, seed, params=params, with_episodes=True)
         path = write_store(frames, output)
-    else:   # built under a temporary name: a failure or a kill leaves the previous state
-        with atomic_folder(output) as building:
+    else:   # built under a temporary name: a failure or a kill leaves the previous state; one writer at a time
+        out = Path(output)
+        with folder_lock(out, lock_file=out.with_name(f'.{out.name}.lock')), atomic_folder(output) as building:
             truth = write_synthetic_store(building, n_tickers, n_days, seed, scheduler, workers, params)
             (building / MARKET_MARKER).write_text(json.dumps(recipe))
             if episodes is not None: write_table(truth, episodes, recipe)   # before the store stands: never a store without it

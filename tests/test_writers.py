@@ -310,3 +310,20 @@ def test_a_job_that_fails_in_a_dask_worker_is_one_line_without_dasks_log(trained
     assert r.returncode == 1 and r.stderr.startswith('k4-patterns: OHLCV for ticker'), r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and 'Compute Failed' not in r.stderr and 'distributed' not in r.stderr
     assert not (tmp_path / 's.parquet').exists()
+
+
+def test_two_k4_synthetic_market_on_one_store_the_second_is_refused(tmp_path):
+    lock = tmp_path / '.m.lock'
+    hold = f"import pathlib, time; from k4_nbdev.core import folder_lock\nwith folder_lock(pathlib.Path({str(tmp_path / 'm')!r}), {str(lock)!r}): time.sleep(600)"
+    first = subprocess.Popen([sys.executable, '-c', hold], start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            assert time.time() < deadline and first.poll() is None, 'the first writer never took its lock'
+            time.sleep(0.1)
+        code, msg = market(tmp_path / 'm')
+        assert code == 1 and f'is in use by a live run (process {first.pid}' in msg, msg
+        assert not (tmp_path / 'm').exists()
+    finally:
+        first.kill(); first.wait()
+    assert market(tmp_path / 'm')[0] == 0 and not leftovers(tmp_path)   # the dead writer's lock is taken over
