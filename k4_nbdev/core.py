@@ -330,7 +330,9 @@ def folder_lock(run_dir:Path, # the folder to own (a run folder, a model folder,
     "Own a folder while the block runs: a second writer of it is refused while the first lives."
     run_dir = Path(run_dir)
     lock, created = Path(lock_file) if lock_file else run_dir / LOCK_FILE, not run_dir.exists()
-    (lock.parent if lock_file else run_dir).mkdir(parents=True, exist_ok=True)
+    try: (lock.parent if lock_file else run_dir).mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:   # a part of the path is a file: say so, as the OS would for a file inside it
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from None
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # the kernel drops the lock when its process dies

@@ -170,7 +170,9 @@ def checkpoint_calibration(ckpt:dict, # from `load_checkpoint`
                            source:str, # its file, for messages
                            uncalibrated:bool=False, # score a checkpoint without calibration with the raw softmax
                           ) -> dict: # the calibration to score with (None: the raw softmax, asked for)
-    "The checkpoint's calibration; a checkpoint without one is refused unless the raw softmax is asked for."
+    "What scoring needs beyond the weights: the input scaler (always), and the calibration unless the raw softmax is asked for."
+    if 'scaler' not in ckpt:
+        raise ValueError(f"{source} is an incomplete k4_nbdev checkpoint: it lacks ['scaler'], the input scaler it was trained with")
     if ckpt.get('calibration') is None and not uncalibrated:
         raise ValueError(f"{source} has no probability calibration (its training stopped before the best epoch was calibrated): "
                          "its raw softmax over-states the rare classes. Resume or retrain it, or pass --uncalibrated to score "
@@ -179,7 +181,7 @@ def checkpoint_calibration(ckpt:dict, # from `load_checkpoint`
 
 # %% ../nbs/04a_scoring.ipynb #40f5fdf0
 CHECKPOINT_FORMAT = 'k4_nbdev.checkpoint/1'
-CHECKPOINT_KEYS = ['config', 'state_dict', 'feature_names', 'class_names', 'scaler']   # what every checkpoint holds
+CHECKPOINT_KEYS = ['config', 'state_dict', 'feature_names', 'class_names']   # what every checkpoint holds
 
 def save_checkpoint(path, # the file to write
                     ckpt:dict, # tensors, numbers, strings, lists and dicts only
