@@ -772,8 +772,9 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
     for flag, given in (('--sequences', sequences), ('--truth', truth)):
         if given is not None and same_or_inside(Path(given).resolve(), Path(output_dir).resolve()):
             raise UsageError(f"--output-dir {output_dir} contains the input {flag} {given}: give the model its own folder")
-    check_new_output('--output-dir', output_dir, force or resume is not None,
-                     owned=lambda p: any((p / name).exists() for name in RUN_FILES))   # a model folder of an earlier run
+    first = int(os.environ.get('RANK', '0')) == 0   # under torchrun the first process owns the folder (and its lock)
+    if first: check_new_output('--output-dir', output_dir, force or resume is not None,
+                               owned=lambda p: any((p / name).exists() for name in RUN_FILES))   # a model folder of an earlier run
     check_settings(epochs, batch_size, learning_rate, patience, k4_weight, model_size, backend, loss, split_ratio)
     check_flag(0 < inner_ratio < 1, '--inner-ratio', inner_ratio, 'strictly between 0 and 1')
     check_flag(0 <= dropout < 1, '--dropout', dropout, 'in [0, 1)')
@@ -785,7 +786,6 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
     recipe = Recipe(model_size=model_size, backend=backend, loss=loss, k4_weight=k4_weight, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, patience=patience, dropout=dropout, split_ratio=split_ratio,
                     inner_ratio=inner_ratio, seed=seed)
-    first = int(os.environ.get('RANK', '0')) == 0   # under torchrun the first process owns the folder
     with (folder_lock(Path(output_dir)) if first else nullcontext()):
         res = train_stage(sequences, output_dir, model_dir=output_dir, recipe=recipe, ohlcv=ohlcv, truth=truth, baselines=baselines,
                           n_boot=n_boot, device=device, resume=resume, provenance_check=provenance_check)
