@@ -225,10 +225,16 @@ SCALE_EXTRA = "pip install 'k4_nbdev[scale]'"
 
 def check_scheduler(scheduler:str, # 'processes', 'dask' or 'tcp://host:port'
                     given_as:str='--scheduler', # how the user gave it, for the message (the pipeline: '-p scheduler')
+                    reads:dict=None, # flag -> path the workers read: a remote scheduler's workers need them absolute
                    ) -> str: # the scheduler, checked
     "Raise a `UsageError` naming `given_as` unless the per-ticker stages can use it (Dask installed when asked for)."
     ok = scheduler in SCHEDULERS or bool(re.fullmatch(r'tcp://[A-Za-z0-9_.\-]+:\d{1,5}', str(scheduler)))
     check_flag(ok, given_as, scheduler, "'processes', 'dask' or the address of a Dask scheduler, tcp://host:port")
+    remote = str(scheduler).startswith('tcp://')
+    for flag, path in (reads or {}).items():
+        if remote and path is not None and not Path(path).is_absolute():
+            raise UsageError(f"{flag} {path} is a relative path, and the workers of {scheduler} do not run in this folder: "
+                             f"give it as an absolute path (e.g. {Path(path).resolve()}) on a file system they share")
     if scheduler != 'processes':
         try: import distributed
         except ImportError:

@@ -458,10 +458,14 @@ def no_pattern_message(frames:dict, # ticker -> OHLCV frame
                        qualifying_days:int=10, # qualifying bars after the start bar
                       ) -> str: # one line for a stage that found no snapshot at all
     "Why a market gave no pattern, in one line."
-    q = qualification_summary(frames)
+    q, need = qualification_summary(frames), qualifying_days + 1
+    longest = int(q['longest qualifying run'].max()) if len(q) else 0
+    why = (f"but the longest run of them is {longest} bars and a pattern needs {need}" if longest < need else
+           f"and runs of {need} or more exist (the longest {longest} bars), but every candidate that reached activation had a "
+           "channel without width (upper boundary at or below the lower one, or a lower boundary at or below 0: flat, "
+           "tick-quantised bars) and was discarded")
     return (f"no consolidation pattern in {len(q)} tickers ({q['bars'].sum():,} bars): {q['qualifying bars'].sum():,} bars qualify "
-            f"({100 * q['qualifying bars'].sum() / max(q['bars'].sum(), 1):.1f}%) but the longest run of them is "
-            f"{q['longest qualifying run'].max()} bars and a pattern needs {qualifying_days + 1}; the later stages have nothing to learn from")
+            f"({100 * q['qualifying bars'].sum() / max(q['bars'].sum(), 1):.1f}%) {why}; the later stages have nothing to learn from")
 
 def run_patterns(frames:dict, # ticker -> OHLCV frame
                  source:dict, # provenance of `frames` (see `load_frames`)
@@ -553,7 +557,7 @@ def patterns_cli(ohlcv:str, # OHLCV store: folder of {TICKER}.parquet/.csv, or a
     check_flag(snapshot_every >= 1, '--snapshot-every', snapshot_every, 'at least 1')
     check_flag(1 <= qualifying_days < MAX_PATTERN_DAYS, '--qualifying-days', qualifying_days, f'between 1 and {MAX_PATTERN_DAYS - 1}')
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
-    check_scheduler(scheduler)
+    check_scheduler(scheduler, reads={'--ohlcv': ohlcv})
     wanted = None if tickers is None else [t.strip() for t in tickers.split(',') if t.strip()]
     check_flag(wanted is None or len(wanted) > 0, '--tickers', tickers, 'a comma-separated list of tickers')
     if wanted and (unknown := sorted(set(wanted) - set(list_tickers(ohlcv)))):

@@ -307,7 +307,7 @@ def scan_cli(ohlcv:str, # OHLCV store: a folder of TICKER.parquet/csv or one lon
     check_flag(batch_size >= 1, '--batch-size', batch_size, 'at least 1')
     check_device(device)
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
-    check_scheduler(scheduler)
+    check_scheduler(scheduler, reads={'--ohlcv': ohlcv})
     day = None if as_of is None else parse_date(as_of, '--as-of')
     table = scan(ohlcv, model, day, qualifying_days, batch_size, device, workers=workers, scheduler=scheduler,
                  uncalibrated=uncalibrated)

@@ -705,7 +705,7 @@ def build_sequences_cli(input:str, # snapshots parquet written by the patterns s
     check_flag(max_samples is None or max_samples >= 1, '--max-samples', max_samples, 'at least 1')
     check_flag(workers >= 1, '--workers', workers, 'at least 1')
     check_flag(0 <= seed < 2**32, '--seed', seed, 'between 0 and 2**32 - 1')
-    check_scheduler(scheduler)
+    check_scheduler(scheduler, reads={'--input': input, '--ohlcv': ohlcv})
     try: summary = build_sequences(input, ohlcv, output, sequence_length, max_samples, validate, workers, skip_bad,
                                    seed, progress=sys.stderr.isatty(), provenance_check=provenance_check,
                                    scheduler=scheduler)

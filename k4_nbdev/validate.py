@@ -26,6 +26,7 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 import k4_nbdev
 from .core import (atomic_folder, atomic_write, check_flag, check_outputs, command, fingerprint, read_metadata,
@@ -686,7 +687,8 @@ def validate(predictions, # predictions parquet (`06_predict`)
     if not predictions.exists(): raise FileNotFoundError(f"predictions file {predictions} does not exist (run k4-predict first)")
     if comparison is not None and not Path(comparison).is_file():   # before the checks run, not after
         raise FileNotFoundError(f"comparison {comparison} does not exist: give the model_comparison.csv that k4-train wrote into the run folder")
-    preds = pd.read_parquet(predictions)
+    try: preds = pd.read_parquet(predictions)
+    except (pa.ArrowException, OSError): raise ValueError(f"{predictions} is not a parquet file (truncated or another format)") from None
     missing = [c for c in ['ticker', 'pattern_id', 'snapshot_date', 'label_end_date', 'outcome_class', 'predicted_class',
                            'expected_value', 'signal'] + PROB_COLUMNS if c not in preds.columns]
     if missing: raise ValueError(f"{predictions} lacks the columns {missing}; it must be written by k4-predict")

@@ -327,3 +327,36 @@ def test_two_k4_synthetic_market_on_one_store_the_second_is_refused(tmp_path):
     finally:
         first.kill(); first.wait()
     assert market(tmp_path / 'm')[0] == 0 and not leftovers(tmp_path)   # the dead writer's lock is taken over
+
+
+def test_k4_validate_names_a_predictions_file_that_is_not_parquet(tmp_path):
+    (tmp_path / 'p.parquet').write_bytes(b'garbage')
+    code, msg = exit_of(validate_cli, ['--predictions', str(tmp_path / 'p.parquet'), '--output', str(tmp_path / 'r.md')])
+    assert code == 1 and msg == f"k4-validate: {tmp_path / 'p.parquet'} is not a parquet file (truncated or another format)", msg
+
+
+def test_no_pattern_says_when_long_runs_were_discarded_as_flat_channels(monkeypatch):
+    "Long enough runs, yet no pattern: the message names the discarded flat channels instead of a run length that contradicts it."
+    import k4_nbdev.patterns as patterns
+    monkeypatch.setattr(patterns, 'qualification_summary', lambda frames: pd.DataFrame(
+        {'bars': [1000], 'qualifying bars': [120], 'longest qualifying run': [15]}, index=['SAMSUNG']))
+    msg = patterns.no_pattern_message({'SAMSUNG': None})
+    assert 'runs of 11 or more exist (the longest 15 bars)' in msg and 'channel without width' in msg, msg
+    monkeypatch.setattr(patterns, 'qualification_summary', lambda frames: pd.DataFrame(
+        {'bars': [1000], 'qualifying bars': [40], 'longest qualifying run': [6]}, index=['X']))
+    assert 'the longest run of them is 6 bars and a pattern needs 11' in patterns.no_pattern_message({'X': None})
+
+
+def test_a_relative_store_for_a_remote_dask_scheduler_is_refused_before_connecting(tmp_path, monkeypatch):
+    pytest.importorskip('distributed')
+    from k4_nbdev.patterns import patterns_cli
+    monkeypatch.chdir(tmp_path)
+    code, msg = exit_of(patterns_cli, ['--ohlcv', 'ohlcv', '--output', 's.parquet', '--scheduler', 'tcp://127.0.0.1:9'])
+    assert code == 1 and msg.startswith('k4-patterns: --ohlcv ohlcv is a relative path') and 'absolute path' in msg, msg
+
+
+def test_k4_pipeline_checks_workers_before_any_stage(tmp_path):
+    from k4_nbdev.pipeline import pipeline_cli
+    code, msg = exit_of(pipeline_cli, ['--name', 'r', '--runs-root', str(tmp_path), '--scale', 'tiny', '-p', 'workers', '0'])
+    assert code == 1 and msg == 'k4-pipeline: --workers (or -p workers) must be a number, at least 1, got 0', msg
+    assert not (tmp_path / 'r').exists()
