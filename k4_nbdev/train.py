@@ -652,6 +652,8 @@ def scaled_sides(data:dict, # from `load_training_data`: in memory (X) or stream
         try:
             if writer:
                 out.mkdir(parents=True, exist_ok=True)
+                if world == 1:   # alone in its folder: any maps here are a killed run's (one per machine under torchrun)
+                    for left in out.glob(f'{CACHE_DIR}*'): shutil.rmtree(left) if left.is_dir() else left.unlink()
                 write_scaled(data['source'], data, folder)
             if world > 1: dist.barrier()   # the others open what their machine's writer wrote
             scaler = json.loads((folder / 'scaler.json').read_text())

@@ -194,16 +194,19 @@ def test_k4_train_resumes_only_on_the_data_it_was_trained_on(trained, tmp_path):
 
 
 def test_k4_train_clears_the_maps_a_killed_training_left(trained, tmp_path):
+    "Killed while writing its maps (a temporary), or while training on them (a torchrun job's per-machine maps): the next run clears both."
     run, _ = trained
     dead = tmp_path / 'm' / 'scaled_inputs.tmp-999999999'
     dead.mkdir(parents=True); (dead / 'fit.npy').write_bytes(b'half')
+    for name in ('scaled_inputs', 'scaled_inputs.node0', 'scaled_inputs.node1'):
+        (tmp_path / 'm' / name).mkdir(); (tmp_path / 'm' / name / 'fit.npy').write_bytes(b'maps')
     (tmp_path / 'm' / 'last.pt').write_bytes(b'')    # the folder is a model folder of an earlier run
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         code, msg = exit_of(train_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'm'),
                                         '--epochs', '1', '--no-baselines'])
     assert code == 0, msg
-    assert not dead.exists() and not leftovers(tmp_path)
+    assert not dead.exists() and not leftovers(tmp_path) and not list((tmp_path / 'm').glob('scaled_inputs*'))
 
 
 from k4_nbdev.patterns import check_ohlcv_cli
