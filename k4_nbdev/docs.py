@@ -48,7 +48,8 @@ def project_root() -> Path:
     "The folder holding settings.ini (nbdev's config path)."
     return Path(get_config().config_path)
 
-READER_PAGES = ['00_core', '00a_definitions', '00b_reference', '00c_metrics', '08a_scaling']   # executed by the docs build of a run: seconds each
+READER_PAGES = ['00_core', '00a_definitions', '00b_reference', '00c_metrics', '04b_backtest', '04c_references', '05a_evaluate',
+                '08a_scaling']   # executed by the docs build of a run: seconds each
 
 def stage_sources(dest:Path, # empty staging folder
                   run_dir:Path=None, # a pipeline run whose executed notebooks replace the clean ones
