@@ -275,7 +275,7 @@ def job_map(scheduler:str='processes', # 'processes', 'dask' or 'tcp://host:port
         yield run
 
 # %% ../nbs/00_core.ipynb #1a1d9bac
-TEMPORARY = re.compile(r'^\.?(?P<name>.+)\.tmp-(?P<pid>\d+)$')   # `.{name}.tmp-{pid}` (and the training maps' `{name}.tmp-{pid}`)
+TEMPORARY = re.compile(r'^\.?(?P<name>.+)\.tmp-(?P<pid>\d+)$')   # `.{name}.tmp-{pid}` (and `{name}.tmp-{pid}` of earlier versions)
 
 def pid_alive(pid:int) -> bool:
     "Whether a process of this machine with that id is running."

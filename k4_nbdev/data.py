@@ -272,13 +272,17 @@ class StoreFrames(Mapping):
     def __getstate__(self): return {**self.__dict__, '_long': None}   # a worker gets the path, not the frames
 
 # %% ../nbs/00_data.ipynb #c3a62eb9
-def is_store(folder:Path, # an existing folder
+def is_store(folder:Path, # an existing folder, or a long parquet file
              sample:int=20, # files looked at
-            ) -> bool: # whether some of its files are OHLCV tables (a date and the five bar values)
-    "Whether a folder holds OHLCV files, judged from the columns of the first few."
-    for f in sorted(folder.iterdir())[:sample]:
+            ) -> bool: # whether some of its files (or the file) are OHLCV tables (a date and the five bar values)
+    "Whether a folder holds OHLCV files, or a file is one, judged from the columns of the first few."
+    folder = Path(folder)
+    for f in ([folder] if folder.is_file() else sorted(folder.iterdir())[:sample]):
         if not f.is_file() or f.suffix.lower() not in _STORE_SUFFIXES: continue
-        try: cols = pq.read_schema(f).names if f.suffix.lower() == '.parquet' else f.open().readline().strip().lower().split(',')
+        try:
+            if f.suffix.lower() == '.parquet': cols = pq.read_schema(f).names
+            else:
+                with f.open() as fh: cols = fh.readline().strip().lower().split(',')
         except Exception: continue
         names = {_COLUMN_ALIASES.get(k, k.replace(' ', '_')) for k in (str(c).strip().lower() for c in cols)}
         if set(OHLCV_COLUMNS) <= names: return True

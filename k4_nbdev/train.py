@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 import k4_nbdev
-from .core import (atomic_write, check_flag, check_new_output, check_outputs, clear_dead_temporaries, command,
+from .core import (atomic_folder, atomic_write, check_flag, check_new_output, check_outputs, command,
                            fingerprint, folder_lock, progress_bar, same_or_inside, save_figure, UsageError)
 from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES
 from .loss import CLASS_WEIGHTS, LOSSES, make_loss
@@ -49,7 +49,7 @@ from .references import (check_in_memory, headline_sentence, LIGHTGBM, lightgbm_
                                  model_comparison, model_signals, OBSERVABLE, observable_model, ORACLE, oracle_model,
                                  plot_quality, PRECURSOR, precursor_baseline, read_truth, signal_comparison,
                                  write_comparison)
-from .data import check_not_in_store, read_store
+from .data import check_not_in_store, is_store, OHLCV_COLUMNS, read_store
 
 # %% ../nbs/05_train.ipynb #b1a1e7e5
 @dataclass(frozen=True)
@@ -589,10 +589,7 @@ def write_scaled(sequences, # sequences parquet
                  chunk_rows:int=CHUNK_ROWS, # sequences held at a time
                 ) -> dict: # the scaler, fitted on the `fit` rows (equal to `fit_scaler`'s on them, bit for bit)
     "Write each side's sequences, scaled with the fitting rows' scaler, to `{folder}/{side}.npy`, a chunk at a time."
-    folder = Path(folder)
-    tmp = folder.with_name(f'{folder.name}.tmp-{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:   # whole or not at all: a killed writer's temporary is cleared by the next
         f = pq.ParquetFile(sequences)
         L, F = f.schema_arrow.field('sequence').type.list_size, f.schema_arrow.field('sequence').type.value_type.list_size
         rows = {s: np.asarray(data[s]) for s in sides}
@@ -618,9 +615,6 @@ def write_scaled(sequences, # sequences parquet
             maps[s].flush()
         del maps
         (tmp / 'scaler.json').write_text(json.dumps(scaler))
-        shutil.rmtree(folder, ignore_errors=True)   # a crashed run's leftovers
-        tmp.rename(folder)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
     return scaler
 
 def open_scaled(folder, # written by `write_scaled`
@@ -644,7 +638,6 @@ def scaled_sides(data:dict, # from `load_training_data`: in memory (X) or stream
         return
     out = Path(output_dir)
     created = not out.exists()
-    clear_dead_temporaries(out / CACHE_DIR)   # the maps of a training that was killed
     with processes(device) as (rank, world, _):
         # one copy per machine: its local rank 0 writes it, so the model folder need not be shared between machines
         writer = rank == 0 if world == 1 else int(os.environ.get('LOCAL_RANK', '0')) == 0
@@ -783,6 +776,9 @@ def train_cli(sequences:str, # sequences.parquet from k4-build-sequences (never 
     check_flag(n_boot >= 10, '--n-boot', n_boot, 'at least 10')
     for flag, given in (('--ohlcv', ohlcv), ('--truth', truth)):
         if given is not None and not Path(given).exists(): raise UsageError(f"{flag} {given} does not exist")
+    if ohlcv is not None and not is_store(ohlcv):   # read after training: checked before it
+        raise UsageError(f"--ohlcv {ohlcv} is not an OHLCV store: none of its files has the columns {', '.join(OHLCV_COLUMNS)}")
+    if truth is not None: read_truth(truth)   # an unreadable answer key is refused now, not after training
     check_device(device)
     if resume is not None: load_resume(resume, output_dir)
     recipe = Recipe(model_size=model_size, backend=backend, loss=loss, k4_weight=k4_weight, epochs=epochs, batch_size=batch_size,

@@ -363,3 +363,13 @@ def test_k4_pipeline_checks_workers_before_any_stage(tmp_path):
     code, msg = exit_of(pipeline_cli, ['--name', 'r', '--runs-root', str(tmp_path), '--scale', 'tiny', '-p', 'workers', '0'])
     assert code == 1 and msg == 'k4-pipeline: --workers (or -p workers) must be a number, at least 1, got 0', msg
     assert not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('flag,says', [('--ohlcv', 'is not an OHLCV store'), ('--truth', 'lacks the columns')])
+def test_k4_train_checks_what_it_reads_after_training_before_it(trained, tmp_path, flag, says):
+    "The store and the answer key are read after the network trained: a wrong file is refused before, with nothing written."
+    run, _ = trained
+    code, msg = exit_of(train_cli, ['--sequences', str(run / 'sequences.parquet'), '--output-dir', str(tmp_path / 'm'),
+                                    flag, str(run / 'sequences.parquet'), '--epochs', '1'])
+    assert code == 1 and msg.startswith('k4-train: ') and says in msg, msg
+    assert not (tmp_path / 'm').exists()
