@@ -1,4 +1,4 @@
-"The model: fused scan vs plain reference and mambapy, mamba-ssm parameter layout, padding, causality, backends, checkpoints."
+"The model: compiled and fused scans vs plain reference and mambapy, mamba-ssm parameter layout, padding, causality, backends, checkpoints."
 import io
 import sys
 import types
@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from mambapy.mamba import MambaBlock, MambaConfig
 
 from k4_nbdev.scoring import predict_proba
+from k4_nbdev.core import build_library
 from k4_nbdev.model import (Mamba, MambaAttention, MODEL_SIZES, selective_scan, selective_scan_ref, create_mamba_attention_model,
+                            compiled_scan, SCAN_SOURCE,
                             count_parameters, check_inputs, resolve_backend, make_mixer, mamba_ssm_available, BiLSTMMixer,
                             module_shapes, causal_conv1d)
 from k4_nbdev.testing import scan_inputs
@@ -40,16 +42,69 @@ def assert_close(a, b, tol=1e-5):
     assert err <= tol * max(1.0, a.abs().max().item()), f'max abs error {err:.3g}'
 
 
+@pytest.mark.parametrize('kernel', ['torch', 'compiled'])
 @pytest.mark.parametrize('seed', range(3))
-def test_fused_scan_equals_reference_forward_and_gradients(seed):
+def test_fast_scans_equal_reference_forward_and_gradients(seed, kernel):
     args = scan_inputs(seed=seed)
     weight = torch.randn(3, 9, 5, generator=torch.Generator().manual_seed(seed + 10))
-    for ref, fast in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(selective_scan, args, weight)):
-        assert_close(ref, fast)
-    with torch.no_grad(): assert_close(selective_scan_ref(*args), selective_scan(*args))
+    fast = lambda *a: selective_scan(*a, kernel=kernel)
+    for ref, got in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(fast, args, weight)):
+        assert_close(ref, got)
+    with torch.no_grad(): assert_close(selective_scan_ref(*args), fast(*args))
 
 
-def test_fused_scan_is_exact_in_float64():
+def test_compiled_scan_is_built_here():
+    "The machines this project runs on have a C compiler: the compiled kernel must be there, with OpenMP."
+    lib, how = compiled_scan()
+    assert lib is not None, how
+    assert '-fopenmp' in how
+
+
+@pytest.mark.parametrize('d', [16, 37])
+def test_compiled_scan_at_block_shapes_and_strides(d):
+    "Full and partial 16-channel blocks, B and C as strided views of one projection, 50 steps, 16 states: the reference, values and gradients."
+    g = torch.Generator().manual_seed(d)
+    u, delta, A, _, _, D = scan_inputs(b=4, L=50, d=d, n=16, seed=d)
+    proj = torch.randn(4, 50, 3 + 32, generator=g)
+    args = [t.detach().requires_grad_() for t in (u, delta, A, proj[..., 3:19], proj[..., 19:])]
+    weight = torch.randn(4, 50, d, generator=g)
+    fast = lambda *a: selective_scan(*a, kernel='compiled')
+    for ref, got in zip(value_and_grads(selective_scan_ref, [*args, D], weight)[:6], value_and_grads(fast, [*args, D], weight)[:6]):
+        assert_close(ref, got)
+
+
+def test_compiled_scan_does_not_depend_on_the_thread_count():
+    "Rows are split between threads and A's gradient is summed per row: 1 and 2 threads give the same bits."
+    args = [t.detach().requires_grad_() for t in scan_inputs(b=7, L=20, d=33, n=16, seed=3)]
+    weight = torch.randn(7, 20, 33)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(value_and_grads(lambda *a: selective_scan(*a, kernel='compiled'), args, weight))
+    finally: torch.set_num_threads(threads)
+    for a, b in zip(*runs): assert torch.equal(a, b)
+
+
+def test_scan_kernel_choice():
+    "float64 takes the torch kernel under 'auto' and is refused by 'compiled'; an unknown kernel is named."
+    args = [t.double() for t in scan_inputs(seed=2)]
+    assert_close(selective_scan_ref(*args), selective_scan(*args), tol=1e-12)
+    with pytest.raises(ValueError, match='float32 tensors on the CPU'): selective_scan(*args, kernel='compiled')
+    with pytest.raises(ValueError, match="kernel must be one of"): selective_scan(*args, kernel='c')
+
+
+def test_no_compiler_means_no_library_and_a_reason(tmp_path, monkeypatch):
+    "Without a working compiler the kernel is absent (None), the reason names the compiler, and nothing is left in the cache."
+    monkeypatch.setenv('K4_CACHE', str(tmp_path))
+    monkeypatch.setenv('CC', str(tmp_path / 'no-such-cc'))
+    lib, why = build_library(SCAN_SOURCE, 'selective_scan')
+    assert lib is None and 'no-such-cc' in why
+    assert not [p for p in tmp_path.iterdir() if p.suffix == '.so' or '.tmp-' in p.name]
+
+
+def test_torch_scan_is_exact_in_float64():
     args = [t.detach().double().requires_grad_() for t in scan_inputs(seed=5)]
     weight = torch.randn(3, 9, 5, dtype=torch.float64)
     for ref, fast in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(selective_scan, args, weight)):
@@ -263,7 +318,7 @@ def test_scan_result_does_not_depend_on_the_batch_slices(chunk):
     "The batch is scanned in slices of `chunk` rows (a speed setting): any slicing, even one that leaves a short last slice, gives the reference."
     args = scan_inputs(b=5, seed=7)
     weight = torch.randn(5, 9, 5, generator=torch.Generator().manual_seed(17))
-    fast = lambda *a: selective_scan(*a, chunk=chunk)
+    fast = lambda *a: selective_scan(*a, chunk=chunk, kernel='torch')
     for ref, got in zip(value_and_grads(selective_scan_ref, args, weight), value_and_grads(fast, args, weight)):
         assert_close(ref, got)
     with torch.no_grad(): assert_close(selective_scan_ref(*args), fast(*args))
