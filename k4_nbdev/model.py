@@ -29,8 +29,13 @@ def selective_scan_ref(u:torch.Tensor, # inputs (B, L, D)
                        B:torch.Tensor, # input vectors B_t (B, L, N)
                        C:torch.Tensor, # output vectors C_t (B, L, N)
                        D:torch.Tensor, # skip weights (D,)
+                       z:torch.Tensor|None=None, # gate (B, L, D): the output is multiplied by silu(z); None = no gate
+                       delta_bias:torch.Tensor|None=None, # (D,) added to `delta` first; None = none
+                       delta_softplus:bool=False, # Δ = softplus(delta + delta_bias) when True
                       )->torch.Tensor: # outputs y (B, L, D)
-    "Plain selective scan: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t, one step at a time."
+    "Plain selective scan (mamba-ssm's arguments): h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = (C_t·h_t + D u_t) silu(z_t), one step at a time."
+    if delta_bias is not None: delta = delta + delta_bias
+    if delta_softplus: delta = F.softplus(delta)
     decay = torch.exp(delta[..., None] * A)
     write = delta[..., None] * B[:, :, None, :] * u[..., None]
     h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
@@ -38,7 +43,8 @@ def selective_scan_ref(u:torch.Tensor, # inputs (B, L, D)
     for t in range(u.shape[1]):
         h = decay[:, t] * h + write[:, t]
         ys.append((h * C[:, t, None, :]).sum(-1))
-    return torch.stack(ys, dim=1) + u * D
+    y = torch.stack(ys, dim=1) + u * D
+    return y if z is None else y * F.silu(z)
 
 # %% ../nbs/03_model.ipynb #d4741fef
 def _scan_states(u:torch.Tensor, # inputs of a batch slice, batch first (b, L, D), any strides
@@ -136,22 +142,23 @@ class SelectiveScanFn(torch.autograd.Function):
 
 # %% ../nbs/03_model.ipynb #ce1b2455
 SCAN_SOURCE = r"""
-/* Selective scan h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t · h_t (no skip term), float32, and its gradients.
+/* Selective scan with mamba-ssm's step bias, skip and gate: Δ_t = softplus(δ_t + bias) (or δ_t as given),
+   h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t · h_t + D u_t, out_t = y_t silu(z_t) (no gate when z is absent),
+   float32, and its gradients.
    Tensors (b, L, X) are passed as a view: data pointer, batch and time strides in elements, unit stride inside a step. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <math.h>
 
 #define W 16   /* channels updated together: one AVX-512 register, two AVX2 registers */
 
 typedef struct { const float *p; int64_t sb, sl; } view;
 #define AT(v, b, t) ((v).p + (b) * (v).sb + (t) * (v).sl)
 
-/* e^x for x <= 0 (Δ > 0, A < 0): Cephes' expf, relative error about 1e-7; inline, so that it vectorises */
-static inline float decay_exp(float x) {
-    x = x < -87.0f ? -87.0f : x;                  /* e^-87 is near FLT_MIN: below it the decay is 0 to float32 */
-    float k = floorf(x * 1.44269504088896341f + 0.5f);
+/* e^x for x in [-87, 88] (clamped outside): Cephes' expf, relative error about 1e-7; inline, so that it vectorises */
+static inline float exp_f(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);   /* e^-87 is near FLT_MIN: below it a decay is 0 to float32 */
+    float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - k * 0.693359375f + k * 2.12194440e-4f;
     float p = 1.9875691500E-4f;
     p = p * r + 1.3981999507E-3f;
@@ -161,13 +168,48 @@ static inline float decay_exp(float x) {
     p = p * r + 5.0000001201E-1f;
     p = p * r * r + r + 1.0f;
     union { int32_t i; float f; } s;
-    s.i = ((int32_t)k + 127) << 23;              /* 2^k */
+    s.i = ((int32_t)k + 127) << 23;                       /* 2^k */
     return p * s.f;
 }
 
-/* y (b, L, D), contiguous. At: A transposed (N, D), contiguous. */
-void scan_forward(view u, view dl, const float *At, view B, view C, float *y,
-                  int64_t nb, int64_t L, int64_t D, int64_t N, int threads) {
+static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+/* log(1 + e) for e in [0, 1]: Cephes' logf polynomial on the exact argument (no rounding of 1 + e), about 1 ulp */
+static inline float log1p_f(float e) {
+    int big = e > 0.41421356f;                            /* 1 + e > sqrt(2): log(1 + e) = log 2 + log((1 + e) / 2) */
+    float x = big ? (e - 1.0f) * 0.5f : e, k = big ? 1.0f : 0.0f, z = x * x;
+    float y = 7.0376836292E-2f;
+    y = y * x - 1.1514610310E-1f;
+    y = y * x + 1.1676998740E-1f;
+    y = y * x - 1.2420140846E-1f;
+    y = y * x + 1.4249322787E-1f;
+    y = y * x - 1.6668057665E-1f;
+    y = y * x + 2.0000714765E-1f;
+    y = y * x - 2.4999993993E-1f;
+    y = y * x + 3.3333331174E-1f;
+    y = y * x * z - 2.12194440e-4f * k - 0.5f * z;
+    return x + y + 0.693359375f * k;
+}
+
+/* softplus(x) = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), as torch computes it (threshold 20: x itself above) */
+static inline float softplus_f(float x) {
+    float a = x < 0 ? -x : x;
+    return x > 20.0f ? x : (x > 0 ? x : 0.0f) + log1p_f(exp_f(-a));
+}
+
+/* the steps Δ of one channel block at one time: softplus(δ + bias) when `soft`, else δ (+ bias) */
+static inline void steps(const float *raw, const float *bias, int soft, int wn, float *out) {
+    #pragma omp simd
+    for (int w = 0; w < wn; w++) {
+        float x = raw[w] + (bias ? bias[w] : 0.0f);
+        out[w] = soft ? softplus_f(x) : x;
+    }
+}
+
+/* out (b, L, D), contiguous. At: A transposed (N, D), contiguous. Dk: skip weights (D,). z.p may be NULL: no gate.
+   bias (D,) may be NULL: none. soft: apply softplus to the steps. */
+void scan_forward(view u, view dl, const float *bias, int soft, const float *At, view B, view C, const float *Dk, view z,
+                  float *out, int64_t nb, int64_t L, int64_t D, int64_t N, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
     for (int64_t b = 0; b < nb; b++) {
         float h[N][W];
@@ -175,33 +217,41 @@ void scan_forward(view u, view dl, const float *At, view B, view C, float *y,
             int wn = D - d0 < W ? (int)(D - d0) : W;
             memset(h, 0, sizeof(h));
             for (int64_t t = 0; t < L; t++) {
-                const float *ut = AT(u, b, t) + d0, *dt = AT(dl, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
-                float du[W], yv[W];
-                for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = 0; }
+                const float *ut = AT(u, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
+                float du[W], yv[W], dt[W];
+                steps(AT(dl, b, t) + d0, bias ? bias + d0 : NULL, soft, wn, dt);
+                for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = Dk[d0 + w] * ut[w]; }
                 for (int64_t n = 0; n < N; n++) {
                     const float *An = At + n * D + d0;
                     float bn = Bt[n], cn = Ct[n];
                     #pragma omp simd
                     for (int w = 0; w < wn; w++) {
-                        h[n][w] = decay_exp(dt[w] * An[w]) * h[n][w] + du[w] * bn;
+                        h[n][w] = exp_f(dt[w] * An[w]) * h[n][w] + du[w] * bn;
                         yv[w] += cn * h[n][w];
                     }
                 }
-                memcpy(y + (b * L + t) * D + d0, yv, sizeof(float) * wn);
+                float *ot = out + (b * L + t) * D + d0;
+                if (z.p) {
+                    const float *zt = AT(z, b, t) + d0;
+                    #pragma omp simd
+                    for (int w = 0; w < wn; w++) ot[w] = yv[w] * zt[w] * sigmoid_f(zt[w]);
+                } else memcpy(ot, yv, sizeof(float) * wn);
             }
         }
     }
 }
 
-/* Gradients from g = dLoss/dy (b, L, D), contiguous: grad_u, grad_delta (b, L, D); grad_B, grad_C (b, L, N);
-   grad_At (b, N, D) per batch row, zeroed by the caller, who sums it over the rows. */
-void scan_backward(view u, view dl, const float *At, view B, view C, const float *g,
-                   float *grad_u, float *grad_delta, float *grad_B, float *grad_C, float *grad_At,
-                   int64_t nb, int64_t L, int64_t D, int64_t N, int threads) {
+/* Gradients from g = dLoss/dout (b, L, D), contiguous: grad_u, grad_delta (of δ, b, L, D); grad_B, grad_C (b, L, N);
+   grad_z (b, L, D) when z is given; per batch row, zeroed by the caller, who sums them over the rows:
+   grad_At (b, N, D), grad_D (b, D) and grad_bias (b, D) when a bias is given. */
+void scan_backward(view u, view dl, const float *bias, int soft, const float *At, view B, view C, const float *Dk, view z,
+                   const float *g, float *grad_u, float *grad_delta, float *grad_B, float *grad_C, float *grad_At,
+                   float *grad_D, float *grad_z, float *grad_bias, int64_t nb, int64_t L, int64_t D, int64_t N, int threads) {
     #pragma omp parallel num_threads(threads) if(threads > 1)
     {
         size_t block = sizeof(float) * L * N * W;
         float *hs = malloc(block), *dec = malloc(block), *gBw = malloc(block), *gCw = malloc(block);
+        float *ys = malloc(sizeof(float) * L * W), *dts = malloc(sizeof(float) * L * W);
         float zeros[W] = {0};
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
@@ -209,29 +259,42 @@ void scan_backward(view u, view dl, const float *At, view B, view C, const float
             memset(gCw, 0, block);
             for (int64_t d0 = 0; d0 < D; d0 += W) {
                 int wn = D - d0 < W ? (int)(D - d0) : W;
-                /* the forward pass again, keeping this block's states and decays */
+                /* the forward pass again, keeping this block's steps, states, decays and outputs before the gate */
                 for (int64_t t = 0; t < L; t++) {
-                    const float *ut = AT(u, b, t) + d0, *dt = AT(dl, b, t) + d0, *Bt = AT(B, b, t);
-                    float du[W];
-                    for (int w = 0; w < wn; w++) du[w] = dt[w] * ut[w];
+                    const float *ut = AT(u, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
+                    float du[W], *yv = ys + t * W, *dt = dts + t * W;
+                    steps(AT(dl, b, t) + d0, bias ? bias + d0 : NULL, soft, wn, dt);
+                    for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = Dk[d0 + w] * ut[w]; }
                     for (int64_t n = 0; n < N; n++) {
                         const float *An = At + n * D + d0, *hp = t ? hs + ((t - 1) * N + n) * W : zeros;
-                        float *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W, bn = Bt[n];
+                        float *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W, bn = Bt[n], cn = Ct[n];
                         #pragma omp simd
                         for (int w = 0; w < wn; w++) {
-                            e[w] = decay_exp(dt[w] * An[w]);
+                            e[w] = exp_f(dt[w] * An[w]);
                             h[w] = e[w] * hp[w] + du[w] * bn;
+                            yv[w] += cn * h[w];
                         }
                     }
                 }
-                /* the adjoint recurrence, right to left: hbar_t = g_t C_t + exp(Δ_{t+1} A) hbar_{t+1} */
+                /* the adjoint recurrence, right to left: hbar_t = gy_t C_t + exp(Δ_{t+1} A) hbar_{t+1} */
                 float hbar[N][W];
                 memset(hbar, 0, sizeof(hbar));
+                float *gDrow = grad_D + b * D + d0, *gbias = grad_bias ? grad_bias + b * D + d0 : NULL;
                 for (int64_t t = L - 1; t >= 0; t--) {
-                    const float *ut = AT(u, b, t) + d0, *dt = AT(dl, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
+                    const float *ut = AT(u, b, t) + d0, *dt = dts + t * W, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
                     const float *gt = g + (b * L + t) * D + d0;
-                    float du[W], gw[W], gdec[W];
-                    for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; gw[w] = 0; gdec[w] = 0; }
+                    float du[W], gy[W], gw[W], gdec[W];
+                    if (z.p) {                        /* through the gate: out = y silu(z) */
+                        const float *zt = AT(z, b, t) + d0, *yv = ys + t * W;
+                        float *gz = grad_z + (b * L + t) * D + d0;
+                        #pragma omp simd
+                        for (int w = 0; w < wn; w++) {
+                            float s = sigmoid_f(zt[w]);
+                            gy[w] = gt[w] * zt[w] * s;
+                            gz[w] = gt[w] * yv[w] * s * (1.0f + zt[w] * (1.0f - s));
+                        }
+                    } else memcpy(gy, gt, sizeof(float) * wn);
+                    for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; gw[w] = 0; gdec[w] = 0; gDrow[w] += gy[w] * ut[w]; }
                     for (int64_t n = 0; n < N; n++) {
                         const float *An = At + n * D + d0, *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W;
                         const float *hp = t ? hs + ((t - 1) * N + n) * W : zeros;          /* h_{-1} = 0 */
@@ -240,10 +303,10 @@ void scan_backward(view u, view dl, const float *At, view B, view C, const float
                         float *ga = grad_At + (b * N + n) * D + d0, bn = Bt[n], cn = Ct[n];
                         #pragma omp simd
                         for (int w = 0; w < wn; w++) {
-                            float hb = en[w] * hbar[n][w] + gt[w] * cn;
+                            float hb = en[w] * hbar[n][w] + gy[w] * cn;
                             float x = hb * hp[w] * e[w];  /* d loss / d (Δ_t A) */
                             hbar[n][w] = hb;
-                            gc[w] += h[w] * gt[w];
+                            gc[w] += h[w] * gy[w];
                             gb[w] += hb * du[w];
                             gw[w] += bn * hb;             /* d loss / d (Δ_t u_t) */
                             ga[w] += x * dt[w];
@@ -251,7 +314,14 @@ void scan_backward(view u, view dl, const float *At, view B, view C, const float
                         }
                     }
                     float *gu = grad_u + (b * L + t) * D + d0, *gd = grad_delta + (b * L + t) * D + d0;
-                    for (int w = 0; w < wn; w++) { gu[w] = gw[w] * dt[w]; gd[w] = gw[w] * ut[w] + gdec[w]; }
+                    const float *raw = AT(dl, b, t) + d0;
+                    #pragma omp simd
+                    for (int w = 0; w < wn; w++) {
+                        gu[w] = gw[w] * dt[w] + gy[w] * Dk[d0 + w];
+                        gd[w] = gw[w] * ut[w] + gdec[w];              /* of Δ; of δ through the softplus: × sigmoid */
+                        if (soft) gd[w] *= sigmoid_f(raw[w] + (bias ? bias[d0 + w] : 0.0f));
+                    }
+                    if (gbias) for (int w = 0; w < wn; w++) gbias[w] += gd[w];
                 }
             }
             for (int64_t i = 0; i < L * N; i++) {
@@ -261,7 +331,7 @@ void scan_backward(view u, view dl, const float *At, view B, view C, const float
                 grad_C[b * L * N + i] = sc;
             }
         }
-        free(hs); free(dec); free(gBw); free(gCw);
+        free(hs); free(dec); free(gBw); free(gCw); free(ys); free(dts);
     }
 }
 """
@@ -281,65 +351,85 @@ def compiled_scan() -> tuple: # (the loaded library or None, its build flags or 
     lib, how = build_library(SCAN_SOURCE, 'selective_scan')
     if lib is not None:
         sizes = [ctypes.c_int64] * 4 + [ctypes.c_int]
-        lib.scan_forward.argtypes = [_View, _View, ctypes.c_void_p, _View, _View, ctypes.c_void_p, *sizes]
-        lib.scan_backward.argtypes = [_View, _View, ctypes.c_void_p, _View, _View, *[ctypes.c_void_p] * 6, *sizes]
+        head = [_View, _View, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, _View, _View, ctypes.c_void_p, _View]
+        lib.scan_forward.argtypes = [*head, ctypes.c_void_p, *sizes]
+        lib.scan_backward.argtypes = [*head, *[ctypes.c_void_p] * 9, *sizes]
     return lib, how
 
 def _unit_stride(t:torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
-def _compiled_forward(u, delta, A, B, C) -> torch.Tensor:
-    "y without the skip term (b, L, D), by the C kernel."
-    u, delta, B, C = (_unit_stride(t) for t in (u, delta, B, C))
-    (b, L, d), n = u.shape, A.shape[1]
-    At, y = A.t().contiguous(), u.new_empty(b, L, d)
-    compiled_scan()[0].scan_forward(_view(u), _view(delta), At.data_ptr(), _view(B), _view(C), y.data_ptr(),
-                                    b, L, d, n, torch.get_num_threads())
-    return y
+_NO_VIEW = _View(None, 0, 0)
 
-def _compiled_backward(grad_y, u, delta, A, B, C) -> tuple:
-    "The gradients of u, Δ, A, B and C, by the C kernel (the states are recomputed)."
+def _ptr(t:torch.Tensor|None):
+    return None if t is None else t.data_ptr()
+
+def _compiled_forward(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False) -> torch.Tensor:
+    "The scan's output (b, L, D), by the C kernel; the arguments are `selective_scan_ref`'s."
     u, delta, B, C = (_unit_stride(t) for t in (u, delta, B, C))
     (b, L, d), n = u.shape, A.shape[1]
-    At, g = A.t().contiguous(), grad_y.contiguous()
+    At, Dk, bias, out = A.t().contiguous(), D.contiguous(), None if delta_bias is None else delta_bias.contiguous(), u.new_empty(b, L, d)
+    compiled_scan()[0].scan_forward(_view(u), _view(delta), _ptr(bias), int(delta_softplus), At.data_ptr(), _view(B), _view(C),
+                                    Dk.data_ptr(), _NO_VIEW if z is None else _view(_unit_stride(z)), out.data_ptr(),
+                                    b, L, d, n, torch.get_num_threads())
+    return out
+
+def _compiled_backward(grad_out, u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False) -> tuple:
+    "The gradients of u, δ, A, B, C, D, z and the step bias (None for those not given), by the C kernel (the states are recomputed)."
+    u, delta, B, C = (_unit_stride(t) for t in (u, delta, B, C))
+    (b, L, d), n = u.shape, A.shape[1]
+    At, Dk, g = A.t().contiguous(), D.contiguous(), grad_out.contiguous()
+    bias = None if delta_bias is None else delta_bias.contiguous()
     grad_u, grad_delta = torch.empty_like(g), torch.empty_like(g)
-    grad_B, grad_C, grad_At = u.new_empty(b, L, n), u.new_empty(b, L, n), u.new_zeros(b, n, d)
-    compiled_scan()[0].scan_backward(_view(u), _view(delta), At.data_ptr(), _view(B), _view(C), g.data_ptr(),
+    grad_B, grad_C, grad_At, grad_D = u.new_empty(b, L, n), u.new_empty(b, L, n), u.new_zeros(b, n, d), u.new_zeros(b, d)
+    grad_z = None if z is None else torch.empty_like(g)
+    grad_bias = None if bias is None else u.new_zeros(b, d)
+    compiled_scan()[0].scan_backward(_view(u), _view(delta), _ptr(bias), int(delta_softplus), At.data_ptr(), _view(B), _view(C),
+                                     Dk.data_ptr(), _NO_VIEW if z is None else _view(_unit_stride(z)), g.data_ptr(),
                                      grad_u.data_ptr(), grad_delta.data_ptr(), grad_B.data_ptr(), grad_C.data_ptr(),
-                                     grad_At.data_ptr(), b, L, d, n, torch.get_num_threads())
-    return grad_u, grad_delta, grad_At.sum(0).t(), grad_B, grad_C
+                                     grad_At.data_ptr(), grad_D.data_ptr(), _ptr(grad_z), _ptr(grad_bias),
+                                     b, L, d, n, torch.get_num_threads())
+    return (grad_u, grad_delta, grad_At.sum(0).t(), grad_B, grad_C, grad_D.sum(0), grad_z,
+            None if grad_bias is None else grad_bias.sum(0))
 
 class CompiledScanFn(torch.autograd.Function):
-    "The selective scan without the skip term, in C: the forward pass saves only its inputs, the backward recomputes the states."
+    "The selective scan with step bias, softplus, skip and gate in C: the forward pass saves only its inputs, the backward pass recomputes the states."
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
-        ctx.save_for_backward(u, delta, A, B, C)
-        return _compiled_forward(u, delta, A, B, C)
+    def forward(ctx, u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
     @staticmethod
-    def backward(ctx, grad_y):
-        return _compiled_backward(grad_y, *ctx.saved_tensors)
+    def backward(ctx, grad_out):
+        return *_compiled_backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus), None
 
 # %% ../nbs/03_model.ipynb #def12600
 SCAN_KERNELS = ('auto', 'compiled', 'torch')
 
 def selective_scan(u:torch.Tensor, delta:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor, D:torch.Tensor,
+                   z:torch.Tensor|None=None, # gate (B, L, D), as in `selective_scan_ref`
+                   delta_bias:torch.Tensor|None=None, delta_softplus:bool=False, # the steps, as in `selective_scan_ref`
                    chunk:int|None=None, # the torch kernel's batch rows per slice, None = `SCAN_CHUNK` per thread (speed only)
                    kernel:str='auto', # 'compiled' (C, float32 on the CPU), 'torch' (fused PyTorch), 'auto' = compiled where it applies
-                  )->torch.Tensor: # outputs y (B, L, D), equal to `selective_scan_ref`
+                  )->torch.Tensor: # outputs (B, L, D), equal to `selective_scan_ref`
     "Fast selective scan for the CPU, with the arguments of `selective_scan_ref`: the compiled kernel, else the fused PyTorch scan."
     if kernel not in SCAN_KERNELS: raise ValueError(f"kernel must be one of {SCAN_KERNELS}, got {kernel!r}")
-    tensors = (u, delta, A, B, C)
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     fits = all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
     if kernel == 'compiled' and not (fits and compiled_scan()[0]):
         raise ValueError('the compiled scan needs float32 tensors on the CPU and a built kernel '
                          f'({compiled_scan()[1] or "built"})')
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if kernel != 'torch' and fits and compiled_scan()[0]:
-        y = CompiledScanFn.apply(*tensors) if grad else _compiled_forward(*tensors)
-    elif grad: y = SelectiveScanFn.apply(u, delta, A, B, C, chunk)
+        args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return CompiledScanFn.apply(*args) if grad else _compiled_forward(*args)
+    if delta_bias is not None: delta = delta + delta_bias
+    if delta_softplus: delta = F.softplus(delta)
+    if grad: y = SelectiveScanFn.apply(u, delta, A, B, C, chunk)
     else: y = _scan_forward(u, delta, A, B, C, False, chunk)[0]
-    return torch.addcmul(y, u, D)  # + D u
+    y = torch.addcmul(y, u, D)  # + D u
+    return y if z is None else y * F.silu(z)
 
 # %% ../nbs/03_model.ipynb #fe982619
 def causal_conv1d(x:torch.Tensor, # inputs, batch and time first (B, L, D)
@@ -393,9 +483,8 @@ class Mamba(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(causal_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))
-        y = self.scan(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float())
-        return self.out_proj(y * F.silu(z))
+        return self.out_proj(self.scan(x, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
+                                       delta_bias=self.dt_proj.bias.float(), delta_softplus=True))
 
 # %% ../nbs/03_model.ipynb #bde62eb2
 BACKENDS = ('torch', 'cuda', 'lstm', 'auto')

@@ -60,17 +60,23 @@ def test_compiled_scan_is_built_here():
     assert '-fopenmp' in how
 
 
-@pytest.mark.parametrize('d', [16, 37])
-def test_compiled_scan_at_block_shapes_and_strides(d):
-    "Full and partial 16-channel blocks, B and C as strided views of one projection, 50 steps, 16 states: the reference, values and gradients."
+@pytest.mark.parametrize('kernel', ['torch', 'compiled'])
+@pytest.mark.parametrize('d, softplus', [(16, True), (37, True), (37, False)])
+def test_full_scan_at_block_shapes_and_strides(d, softplus, kernel):
+    """mamba-ssm's full interface (step bias and softplus, skip D, gate z) on full and partial 16-channel blocks, with B, C
+    and z as strided views, as the block passes them: values and all eight gradients."""
     g = torch.Generator().manual_seed(d)
-    u, delta, A, _, _, D = scan_inputs(b=4, L=50, d=d, n=16, seed=d)
-    proj = torch.randn(4, 50, 3 + 32, generator=g)
-    args = [t.detach().requires_grad_() for t in (u, delta, A, proj[..., 3:19], proj[..., 19:])]
+    u, delta, A, _, _, _ = scan_inputs(b=4, L=50, d=d, n=16, seed=d)
+    raw = torch.log(torch.expm1(delta)) if softplus else delta        # so that the steps are the same small ones
+    proj, xz = torch.randn(4, 50, 3 + 32, generator=g), torch.randn(4, 50, 2 * d, generator=g)
+    D, bias = torch.rand(d, generator=g) + 0.5, torch.rand(d, generator=g) * 0.01
+    args = [t.detach().requires_grad_() for t in (u, raw, A, proj[..., 3:19], proj[..., 19:], D, xz[..., d:], bias)]
     weight = torch.randn(4, 50, d, generator=g)
-    fast = lambda *a: selective_scan(*a, kernel='compiled')
-    for ref, got in zip(value_and_grads(selective_scan_ref, [*args, D], weight)[:6], value_and_grads(fast, [*args, D], weight)[:6]):
-        assert_close(ref, got)
+    ref = lambda *a: selective_scan_ref(*a, delta_softplus=softplus)
+    fast = lambda *a: selective_scan(*a, delta_softplus=softplus, kernel=kernel)
+    for want, got in zip(value_and_grads(ref, args, weight), value_and_grads(fast, args, weight)):
+        assert_close(want, got)
+    with torch.no_grad(): assert_close(ref(*args), fast(*args))
 
 
 def test_compiled_scan_does_not_depend_on_the_thread_count():
