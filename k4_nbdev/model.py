@@ -206,39 +206,122 @@ static inline void steps(const float *raw, const float *bias, int soft, int wn, 
     }
 }
 
+#define INLINE static inline __attribute__((always_inline))
+
+/* one batch row's block of W channels from d0 (wn of them valid), forward */
+INLINE void forward_block(view u, view dl, const float *bias, int soft, const float *At, view B, view C, const float *Dk,
+                          view z, float *out, int64_t b, int64_t d0, int64_t L, int64_t D, const int64_t N, const int wn) {
+    float h[N][W];
+    memset(h, 0, sizeof(h));
+    for (int64_t t = 0; t < L; t++) {
+        const float *ut = AT(u, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
+        float du[W], yv[W], dt[W];
+        steps(AT(dl, b, t) + d0, bias ? bias + d0 : NULL, soft, wn, dt);
+        for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = Dk[d0 + w] * ut[w]; }
+        for (int64_t n = 0; n < N; n++) {
+            const float *An = At + n * D + d0;
+            float bn = Bt[n], cn = Ct[n];
+            #pragma omp simd
+            for (int w = 0; w < wn; w++) {
+                h[n][w] = exp_f(dt[w] * An[w]) * h[n][w] + du[w] * bn;
+                yv[w] += cn * h[n][w];
+            }
+        }
+        float *ot = out + (b * L + t) * D + d0;
+        if (z.p) {
+            const float *zt = AT(z, b, t) + d0;
+            #pragma omp simd
+            for (int w = 0; w < wn; w++) ot[w] = yv[w] * zt[w] * sigmoid_f(zt[w]);
+        } else memcpy(ot, yv, sizeof(float) * wn);
+    }
+}
+
 /* out (b, L, D), contiguous. At: A transposed (N, D), contiguous. Dk: skip weights (D,). z.p may be NULL: no gate.
    bias (D,) may be NULL: none. soft: apply softplus to the steps. */
 void scan_forward(view u, view dl, const float *bias, int soft, const float *At, view B, view C, const float *Dk, view z,
                   float *out, int64_t nb, int64_t L, int64_t D, int64_t N, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
-    for (int64_t b = 0; b < nb; b++) {
-        float h[N][W];
+    for (int64_t b = 0; b < nb; b++)
         for (int64_t d0 = 0; d0 < D; d0 += W) {
             int wn = D - d0 < W ? (int)(D - d0) : W;
-            memset(h, 0, sizeof(h));
-            for (int64_t t = 0; t < L; t++) {
-                const float *ut = AT(u, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
-                float du[W], yv[W], dt[W];
-                steps(AT(dl, b, t) + d0, bias ? bias + d0 : NULL, soft, wn, dt);
-                for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = Dk[d0 + w] * ut[w]; }
-                for (int64_t n = 0; n < N; n++) {
-                    const float *An = At + n * D + d0;
-                    float bn = Bt[n], cn = Ct[n];
-                    #pragma omp simd
-                    for (int w = 0; w < wn; w++) {
-                        h[n][w] = exp_f(dt[w] * An[w]) * h[n][w] + du[w] * bn;
-                        yv[w] += cn * h[n][w];
-                    }
-                }
-                float *ot = out + (b * L + t) * D + d0;
-                if (z.p) {
-                    const float *zt = AT(z, b, t) + d0;
-                    #pragma omp simd
-                    for (int w = 0; w < wn; w++) ot[w] = yv[w] * zt[w] * sigmoid_f(zt[w]);
-                } else memcpy(ot, yv, sizeof(float) * wn);
+            if (N == 16 && wn == W) forward_block(u, dl, bias, soft, At, B, C, Dk, z, out, b, d0, L, D, 16, W);  /* constants: */
+            else forward_block(u, dl, bias, soft, At, B, C, Dk, z, out, b, d0, L, D, N, wn);           /* unrolled */
+        }
+}
+
+/* one batch row's block of W channels from d0, backward; hs, dec (L, N, W), ys, dts (L, W) are scratch,
+   gBw, gCw (L, N, W) lane-wise partial sums of grad_B and grad_C over the row's blocks */
+INLINE void backward_block(view u, view dl, const float *bias, int soft, const float *At, view B, view C, const float *Dk,
+                           view z, const float *g, float *grad_u, float *grad_delta, float *grad_At, float *grad_D,
+                           float *grad_z, float *grad_bias, float *hs, float *dec, float *ys, float *dts, float *gBw,
+                           float *gCw, int64_t b, int64_t d0, int64_t L, int64_t D, const int64_t N, const int wn) {
+    const float zeros[W] = {0};
+    /* the forward pass again, keeping this block's steps, states, decays and outputs before the gate */
+    for (int64_t t = 0; t < L; t++) {
+        const float *ut = AT(u, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
+        float du[W], *yv = ys + t * W, *dt = dts + t * W;
+        steps(AT(dl, b, t) + d0, bias ? bias + d0 : NULL, soft, wn, dt);
+        for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = Dk[d0 + w] * ut[w]; }
+        for (int64_t n = 0; n < N; n++) {
+            const float *An = At + n * D + d0, *hp = t ? hs + ((t - 1) * N + n) * W : zeros;
+            float *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W, bn = Bt[n], cn = Ct[n];
+            #pragma omp simd
+            for (int w = 0; w < wn; w++) {
+                e[w] = exp_f(dt[w] * An[w]);
+                h[w] = e[w] * hp[w] + du[w] * bn;
+                yv[w] += cn * h[w];
             }
         }
     }
+    /* the adjoint recurrence, right to left: hbar_t = gy_t C_t + exp(Δ_{t+1} A) hbar_{t+1} */
+    float hbar[N][W], gAw[N][W];
+    memset(hbar, 0, sizeof(hbar));
+    memset(gAw, 0, sizeof(gAw));
+    float *gDrow = grad_D + b * D + d0, *gbias = grad_bias ? grad_bias + b * D + d0 : NULL;
+    for (int64_t t = L - 1; t >= 0; t--) {
+        const float *ut = AT(u, b, t) + d0, *dt = dts + t * W, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
+        const float *gt = g + (b * L + t) * D + d0;
+        float du[W], gy[W], gw[W], gdec[W];
+        if (z.p) {                        /* through the gate: out = y silu(z) */
+            const float *zt = AT(z, b, t) + d0, *yv = ys + t * W;
+            float *gz = grad_z + (b * L + t) * D + d0;
+            #pragma omp simd
+            for (int w = 0; w < wn; w++) {
+                float s = sigmoid_f(zt[w]);
+                gy[w] = gt[w] * zt[w] * s;
+                gz[w] = gt[w] * yv[w] * s * (1.0f + zt[w] * (1.0f - s));
+            }
+        } else memcpy(gy, gt, sizeof(float) * wn);
+        for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; gw[w] = 0; gdec[w] = 0; gDrow[w] += gy[w] * ut[w]; }
+        for (int64_t n = 0; n < N; n++) {
+            const float *An = At + n * D + d0, *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W;
+            const float *hp = t ? hs + ((t - 1) * N + n) * W : zeros;          /* h_{-1} = 0 */
+            const float *en = t < L - 1 ? dec + ((t + 1) * N + n) * W : zeros;  /* nothing after L-1 */
+            float *gb = gBw + (t * N + n) * W, *gc = gCw + (t * N + n) * W, *ga = gAw[n], bn = Bt[n], cn = Ct[n];
+            #pragma omp simd
+            for (int w = 0; w < wn; w++) {
+                float hb = en[w] * hbar[n][w] + gy[w] * cn;
+                float x = hb * hp[w] * e[w];  /* d loss / d (Δ_t A) */
+                hbar[n][w] = hb;
+                gc[w] += h[w] * gy[w];
+                gb[w] += hb * du[w];
+                gw[w] += bn * hb;             /* d loss / d (Δ_t u_t) */
+                ga[w] += x * dt[w];
+                gdec[w] += x * An[w];
+            }
+        }
+        float *gu = grad_u + (b * L + t) * D + d0, *gd = grad_delta + (b * L + t) * D + d0;
+        const float *raw = AT(dl, b, t) + d0;
+        #pragma omp simd
+        for (int w = 0; w < wn; w++) {
+            gu[w] = gw[w] * dt[w] + gy[w] * Dk[d0 + w];
+            gd[w] = gw[w] * ut[w] + gdec[w];              /* of Δ; of δ through the softplus: × sigmoid */
+            if (soft) gd[w] *= sigmoid_f(raw[w] + (bias ? bias[d0 + w] : 0.0f));
+        }
+        if (gbias) for (int w = 0; w < wn; w++) gbias[w] += gd[w];
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int w = 0; w < wn; w++) grad_At[(b * N + n) * D + d0 + w] = gAw[n][w];
 }
 
 /* Gradients from g = dLoss/dout (b, L, D), contiguous: grad_u, grad_delta (of δ, b, L, D); grad_B, grad_C (b, L, N);
@@ -252,77 +335,17 @@ void scan_backward(view u, view dl, const float *bias, int soft, const float *At
         size_t block = sizeof(float) * L * N * W;
         float *hs = malloc(block), *dec = malloc(block), *gBw = malloc(block), *gCw = malloc(block);
         float *ys = malloc(sizeof(float) * L * W), *dts = malloc(sizeof(float) * L * W);
-        float zeros[W] = {0};
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
-            memset(gBw, 0, block);                  /* lane-wise partial sums of grad_B, grad_C over channel blocks */
+            memset(gBw, 0, block);
             memset(gCw, 0, block);
             for (int64_t d0 = 0; d0 < D; d0 += W) {
                 int wn = D - d0 < W ? (int)(D - d0) : W;
-                /* the forward pass again, keeping this block's steps, states, decays and outputs before the gate */
-                for (int64_t t = 0; t < L; t++) {
-                    const float *ut = AT(u, b, t) + d0, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
-                    float du[W], *yv = ys + t * W, *dt = dts + t * W;
-                    steps(AT(dl, b, t) + d0, bias ? bias + d0 : NULL, soft, wn, dt);
-                    for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; yv[w] = Dk[d0 + w] * ut[w]; }
-                    for (int64_t n = 0; n < N; n++) {
-                        const float *An = At + n * D + d0, *hp = t ? hs + ((t - 1) * N + n) * W : zeros;
-                        float *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W, bn = Bt[n], cn = Ct[n];
-                        #pragma omp simd
-                        for (int w = 0; w < wn; w++) {
-                            e[w] = exp_f(dt[w] * An[w]);
-                            h[w] = e[w] * hp[w] + du[w] * bn;
-                            yv[w] += cn * h[w];
-                        }
-                    }
-                }
-                /* the adjoint recurrence, right to left: hbar_t = gy_t C_t + exp(Δ_{t+1} A) hbar_{t+1} */
-                float hbar[N][W];
-                memset(hbar, 0, sizeof(hbar));
-                float *gDrow = grad_D + b * D + d0, *gbias = grad_bias ? grad_bias + b * D + d0 : NULL;
-                for (int64_t t = L - 1; t >= 0; t--) {
-                    const float *ut = AT(u, b, t) + d0, *dt = dts + t * W, *Bt = AT(B, b, t), *Ct = AT(C, b, t);
-                    const float *gt = g + (b * L + t) * D + d0;
-                    float du[W], gy[W], gw[W], gdec[W];
-                    if (z.p) {                        /* through the gate: out = y silu(z) */
-                        const float *zt = AT(z, b, t) + d0, *yv = ys + t * W;
-                        float *gz = grad_z + (b * L + t) * D + d0;
-                        #pragma omp simd
-                        for (int w = 0; w < wn; w++) {
-                            float s = sigmoid_f(zt[w]);
-                            gy[w] = gt[w] * zt[w] * s;
-                            gz[w] = gt[w] * yv[w] * s * (1.0f + zt[w] * (1.0f - s));
-                        }
-                    } else memcpy(gy, gt, sizeof(float) * wn);
-                    for (int w = 0; w < wn; w++) { du[w] = dt[w] * ut[w]; gw[w] = 0; gdec[w] = 0; gDrow[w] += gy[w] * ut[w]; }
-                    for (int64_t n = 0; n < N; n++) {
-                        const float *An = At + n * D + d0, *h = hs + (t * N + n) * W, *e = dec + (t * N + n) * W;
-                        const float *hp = t ? hs + ((t - 1) * N + n) * W : zeros;          /* h_{-1} = 0 */
-                        const float *en = t < L - 1 ? dec + ((t + 1) * N + n) * W : zeros;  /* nothing after L-1 */
-                        float *gb = gBw + (t * N + n) * W, *gc = gCw + (t * N + n) * W;
-                        float *ga = grad_At + (b * N + n) * D + d0, bn = Bt[n], cn = Ct[n];
-                        #pragma omp simd
-                        for (int w = 0; w < wn; w++) {
-                            float hb = en[w] * hbar[n][w] + gy[w] * cn;
-                            float x = hb * hp[w] * e[w];  /* d loss / d (Δ_t A) */
-                            hbar[n][w] = hb;
-                            gc[w] += h[w] * gy[w];
-                            gb[w] += hb * du[w];
-                            gw[w] += bn * hb;             /* d loss / d (Δ_t u_t) */
-                            ga[w] += x * dt[w];
-                            gdec[w] += x * An[w];
-                        }
-                    }
-                    float *gu = grad_u + (b * L + t) * D + d0, *gd = grad_delta + (b * L + t) * D + d0;
-                    const float *raw = AT(dl, b, t) + d0;
-                    #pragma omp simd
-                    for (int w = 0; w < wn; w++) {
-                        gu[w] = gw[w] * dt[w] + gy[w] * Dk[d0 + w];
-                        gd[w] = gw[w] * ut[w] + gdec[w];              /* of Δ; of δ through the softplus: × sigmoid */
-                        if (soft) gd[w] *= sigmoid_f(raw[w] + (bias ? bias[d0 + w] : 0.0f));
-                    }
-                    if (gbias) for (int w = 0; w < wn; w++) gbias[w] += gd[w];
-                }
+                if (N == 16 && wn == W)
+                    backward_block(u, dl, bias, soft, At, B, C, Dk, z, g, grad_u, grad_delta, grad_At, grad_D, grad_z,
+                                   grad_bias, hs, dec, ys, dts, gBw, gCw, b, d0, L, D, 16, W);
+                else backward_block(u, dl, bias, soft, At, B, C, Dk, z, g, grad_u, grad_delta, grad_At, grad_D, grad_z,
+                                    grad_bias, hs, dec, ys, dts, gBw, gCw, b, d0, L, D, N, wn);
             }
             for (int64_t i = 0; i < L * N; i++) {
                 float sb = 0, sc = 0;
