@@ -1,5 +1,7 @@
 "The model: compiled and fused scans vs plain reference and mambapy, mamba-ssm parameter layout, padding, causality, backends, checkpoints."
 import io
+import os
+import subprocess
 import sys
 import types
 
@@ -99,6 +101,17 @@ def test_scan_kernel_choice():
     assert_close(selective_scan_ref(*args), selective_scan(*args), tol=1e-12)
     with pytest.raises(ValueError, match='float32 tensors on the CPU'): selective_scan(*args, kernel='compiled')
     with pytest.raises(ValueError, match="kernel must be one of"): selective_scan(*args, kernel='c')
+
+
+def test_two_processes_build_the_kernel_at_once(tmp_path):
+    "Dask workers or torchrun ranks may build the kernel together: both load a whole library, one file stays, no temporary."
+    code = ('import sys; from k4_nbdev.core import build_library; from k4_nbdev.model import SCAN_SOURCE; '
+            'lib, how = build_library(SCAN_SOURCE, "selective_scan"); sys.exit(lib is None)')
+    env = {**os.environ, 'K4_CACHE': str(tmp_path)}
+    runs = [subprocess.Popen([sys.executable, '-c', code], env=env) for _ in range(2)]
+    assert [r.wait(timeout=300) for r in runs] == [0, 0]
+    assert len([p for p in tmp_path.iterdir() if p.suffix == '.so']) == 1
+    assert not [p for p in tmp_path.iterdir() if '.tmp-' in p.name]
 
 
 def test_no_compiler_means_no_library_and_a_reason(tmp_path, monkeypatch):
