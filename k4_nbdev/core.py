@@ -387,20 +387,21 @@ def build_library(source:str, # C source
     for flags in flag_sets:
         key = hashlib.sha256('\n'.join([source, *flags, machine]).encode()).hexdigest()[:16]
         path = library_cache() / f'{name}-{key}.so'
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            c_file, tmp = path.with_suffix('.c'), path.parent / f'.{path.name}.tmp-{os.getpid()}'
-            with atomic_write(c_file) as t: t.write_text(source)
-            try: done = subprocess.run([cc, *flags, '-shared', '-fPIC', '-o', str(tmp), str(c_file)],
-                                       capture_output=True, text=True, timeout=300)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                reasons.append(f'{cc} {" ".join(flags)}: {e}')
-                continue
-            if done.returncode:
-                tmp.unlink(missing_ok=True)
-                first = next((l for l in done.stderr.splitlines() if 'error' in l), done.stderr.strip()[:200])
-                reasons.append(f'{cc} {" ".join(flags)}: {first}')
-                continue
-            os.replace(tmp, path)
-        return ctypes.CDLL(str(path)), ' '.join(flags)
+        try:
+            if not path.exists(): _compile(cc, flags, source, path)
+            return ctypes.CDLL(str(path)), ' '.join(flags)
+        except (OSError, subprocess.SubprocessError) as e:   # no compiler, a compile error, an unwritable cache, a noexec mount
+            reasons.append(f'{cc} {" ".join(flags)}: {e}')
     return None, '; '.join(reasons)
+
+def _compile(cc:str, flags:list, source:str, path:Path):
+    "Compile `source` into the shared library `path`, renamed into place only when the compiler succeeded."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c_file, tmp = path.with_suffix('.c'), path.parent / f'.{path.name}.tmp-{os.getpid()}'
+    with atomic_write(c_file) as t: t.write_text(source)
+    try:
+        done = subprocess.run([cc, *flags, '-shared', '-fPIC', '-o', str(tmp), str(c_file)], capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise OSError(next((l for l in done.stderr.splitlines() if 'error' in l), done.stderr.strip()[:200]))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
