@@ -375,12 +375,12 @@ def _machine() -> str:
         if Path('/proc/cpuinfo').exists() else [platform.processor()]
     return '\n'.join([cc, version, *cpu, platform.machine()])
 
-LIBRARY_FLAGS = (['-O3', '-march=native', '-fopenmp', '-fno-math-errno', '-fno-trapping-math'],  # threads (OpenMP)
-                 ['-O3', '-fno-math-errno', '-fno-trapping-math'])                                # one thread
+LIBRARY_FLAGS = (('-O3', '-march=native', '-fopenmp', '-fno-math-errno', '-fno-trapping-math'),  # threads (OpenMP)
+                 ('-O3', '-fno-math-errno', '-fno-trapping-math'))                                # one thread
 
 def build_library(source:str, # C source
                   name:str, # short name of the library (file name prefix)
-                  flag_sets:tuple=LIBRARY_FLAGS, # compiler flag lists, tried in order
+                  flag_sets:tuple=LIBRARY_FLAGS, # compiler flag tuples, tried in order
                  ) -> tuple: # (ctypes.CDLL or None, the flags it was built with or the reason it was not)
     "Compile `source` into a shared library cached per source, flags, compiler and CPU, and load it; `None` if no flag set compiles."
     cc, machine, reasons = os.environ.get('CC', 'cc'), _machine(), []
@@ -394,7 +394,7 @@ def build_library(source:str, # C source
             reasons.append(f'{cc} {" ".join(flags)}: {e}')
     return None, '; '.join(reasons)
 
-def _compile(cc:str, flags:list, source:str, path:Path):
+def _compile(cc:str, flags:tuple, source:str, path:Path):
     "Compile `source` into the shared library `path`, renamed into place only when the compiler succeeded."
     path.parent.mkdir(parents=True, exist_ok=True)
     c_file, tmp = path.with_suffix('.c'), path.parent / f'.{path.name}.tmp-{os.getpid()}'
