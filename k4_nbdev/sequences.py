@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.ndimage import rank_filter
 from numpy.lib.stride_tricks import sliding_window_view
 
 import k4_nbdev
@@ -86,9 +87,16 @@ def rolling_apply(x:np.ndarray, # values of one ticker, oldest first
 
 def rolling_median(x:np.ndarray, # values of one ticker, oldest first
                    n:int, # window length in bars (today included)
-                  ) -> np.ndarray: # median of the last n values; NaN unless all n are defined
-    "Causal rolling median (exact order statistics, so it depends on the window's values only)."
-    return pd.Series(x).rolling(n).median().to_numpy()
+                  ) -> np.ndarray: # median of the last n values; NaN unless all n are finite
+    "Causal rolling median: the middle order statistic, or the mean of the two middle ones when n is even."
+    out = np.full(len(x), np.nan)
+    if len(x) < n: return out
+    finite = np.isfinite(x)
+    ranked = lambda k: rank_filter(np.where(finite, x, 0), k, size=n, origin=(n - 1) // 2, mode='nearest')[n - 1:]
+    median = ranked(n // 2) if n % 2 else (ranked(n // 2 - 1) + ranked(n // 2)) / 2
+    not_finite = np.r_[0, np.cumsum(~finite)]                          # count of non-finite values before each bar
+    out[n - 1:] = np.where(not_finite[n:] > not_finite[:len(x) - n + 1], np.nan, median)
+    return out
 
 def rolling_slope(x:np.ndarray, # values of one ticker, oldest first
                   n:int, # window length in bars
