@@ -232,13 +232,14 @@ def check_snapshots(frames:dict, # ticker -> OHLCV frame
     add = lambda bad, column, reason: flags.append((bad, column, reason))
     known = snapshots['ticker'].isin(list(frames)).to_numpy()
     add(~known, 'ticker', 'ticker not in the OHLCV store')
-    for ticker, g in snapshots[known].groupby('ticker', sort=False):
-        dates, pos = frames[ticker]['date'].to_numpy(), rows[snapshots['ticker'].to_numpy() == ticker]
+    off_day = {k: np.zeros(len(snapshots), dtype=bool) for k in DATE_COLUMNS}   # not a trading day of the ticker
+    wanted = {k: snapshots[k].to_numpy() for k in DATE_COLUMNS}
+    for ticker, at in snapshots[known].groupby('ticker', sort=False).indices.items():   # one pass, not one per ticker
+        pos, dates = rows[known][at], frames[ticker]['date'].to_numpy()
         for k in DATE_COLUMNS:
-            d = g[k].to_numpy()
-            bad = np.zeros(len(snapshots), dtype=bool)
-            bad[pos] = dates[np.minimum(np.searchsorted(dates, d), len(dates) - 1)] != d
-            add(bad, k, f'{k} is not a trading day of the ticker')
+            d = wanted[k][pos]
+            off_day[k][pos] = dates[np.minimum(np.searchsorted(dates, d), len(dates) - 1)] != d
+    for k in DATE_COLUMNS: add(off_day[k], k, f'{k} is not a trading day of the ticker')
     for k in VALUE_COLUMNS:
         values = snapshots[k].to_numpy(dtype=float, na_value=np.nan)
         add(np.isnan(values), k, f'{k} is missing')
