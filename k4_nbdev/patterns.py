@@ -6,12 +6,12 @@
 __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_MAX', 'RANGE_RATIO_MAX', 'WARMUP_BARS',
            'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'REFERENCE_SHARES',
            'SHIFTED_MAX', 'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS', 'CALIBRATION_TARGETS',
-           'pairwise_sum', 'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'trailing_rank',
-           'bbw_percentile', 'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies', 'valid_channel',
-           'qualifying_runs', 'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots', 'too_short',
-           'ticker_snapshots', 'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix',
-           'load_frames', 'qualification_summary', 'no_pattern_message', 'run_patterns', 'build_snapshots',
-           'bench_calibration', 'patterns_cli', 'check_ohlcv_cli']
+           'pairwise_sum', 'rolling_sum', 'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width',
+           'trailing_rank', 'bbw_percentile', 'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies',
+           'valid_channel', 'qualifying_runs', 'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots',
+           'too_short', 'ticker_snapshots', 'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples',
+           'plot_class_mix', 'load_frames', 'qualification_summary', 'no_pattern_message', 'run_patterns',
+           'build_snapshots', 'bench_calibration', 'patterns_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
 import os
@@ -68,15 +68,21 @@ def pairwise_sum(term, # term(j): the j-th addend, an array (for a window sum: t
     for j in range(top, n): total = total + term(j)
     return total
 
-def rolling_mean(x:np.ndarray, # values of one ticker, oldest first
-                 n:int, # window length in bars (today included)
-                ) -> np.ndarray: # mean of the last `n` values; NaN for the first n-1 bars
-    "Causal rolling mean (the bits of `sliding_window_view(x, n).mean(axis=1)`)."
+def rolling_sum(x:np.ndarray, # values of one ticker, oldest first
+                n:int, # window length in bars (today included)
+               ) -> np.ndarray: # sum of the last `n` values; NaN for the first n-1 bars
+    "Causal rolling sum (the bits of `sliding_window_view(x, n).sum(axis=1)`)."
     out = np.full(len(x), np.nan)
     if len(x) < n: return out
     m = len(x) - n + 1
-    out[n - 1:] = sliding_window_view(x, n).mean(axis=1) if n > SHIFTED_MAX else pairwise_sum(lambda j: x[j:j + m], n) / n
+    out[n - 1:] = sliding_window_view(x, n).sum(axis=1) if n > SHIFTED_MAX else pairwise_sum(lambda j: x[j:j + m], n)
     return out
+
+def rolling_mean(x:np.ndarray, # values of one ticker, oldest first
+                 n:int, # window length in bars (today included)
+                ) -> np.ndarray: # mean of the last `n` values; NaN for the first n-1 bars
+    "Causal rolling mean: the rolling sum over n, as numpy's `mean` computes it."
+    return rolling_sum(x, n) / n
 
 def rolling_std(x:np.ndarray, # values of one ticker, oldest first
                 n:int, # window length in bars (today included)
@@ -88,7 +94,7 @@ def rolling_std(x:np.ndarray, # values of one ticker, oldest first
         out[n - 1:] = sliding_window_view(x, n).std(axis=1)
         return out
     m = len(x) - n + 1
-    mean = pairwise_sum(lambda j: x[j:j + m], n) / n
+    mean = rolling_mean(x, n)[n - 1:]
     def squared_deviation(j):
         d = x[j:j + m] - mean
         return d * d

@@ -35,8 +35,8 @@ import k4_nbdev
 from .core import (atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint,
                            frames_fingerprint, job_map, progress_bar, read_metadata, with_provenance)
 from .data import OHLCVError, read_store, StoreFrames
-from .patterns import (CLASS_COLORS, CLASS_NAMES, indicators, rolling_mean, rolling_std, safe_ratio,
-                               SNAPSHOT_COLUMNS, trailing_rank, true_range, valid_channel)
+from .patterns import (CLASS_COLORS, CLASS_NAMES, indicators, pairwise_sum, rolling_mean, rolling_std,
+                               rolling_sum, safe_ratio, SNAPSHOT_COLUMNS, trailing_rank, true_range, valid_channel)
 
 # %% ../nbs/02_sequences.ipynb #6178ee82
 FEATURES = [
@@ -101,9 +101,13 @@ def rolling_median(x:np.ndarray, # values of one ticker, oldest first
 def rolling_slope(x:np.ndarray, # values of one ticker, oldest first
                   n:int, # window length in bars
                  ) -> np.ndarray: # OLS slope per bar of the last n values; NaN for the first n-1 bars
-    "Causal least-squares slope against the bar index."
+    "Causal least-squares slope against the bar index (the bits of `(sliding_window_view(x, n) * weights).sum(axis=1)`)."
     k = np.arange(n) - (n - 1) / 2
-    return rolling_apply(x, n, lambda w, axis: (w * (k / (k * k).sum())).sum(axis=axis))
+    weights = k / (k * k).sum()
+    out = np.full(len(x), np.nan)
+    m = len(x) - n + 1
+    if m > 0: out[n - 1:] = pairwise_sum(lambda j: x[j:j + m] * weights[j], n)
+    return out
 
 def bars_since(event:np.ndarray, # 1.0 where the event happened, 0.0 where not, NaN where undefined
                n:int, # look-back window (today included)
@@ -151,7 +155,7 @@ def cci_features(h, l, c, bbw) -> dict:
 
 def var_features(v, r) -> dict:
     "VAR: volume on up days against volume on down days over 20 bars, and that ratio against its own 20-bar mean."
-    up, down = rolling_apply(v * np.maximum(r, 0), 20, np.sum), rolling_apply(v * np.maximum(-r, 0), 20, np.sum)
+    up, down = rolling_sum(v * np.maximum(r, 0), 20), rolling_sum(v * np.maximum(-r, 0), 20)
     raw = safe_ratio(up, down)
     return {'var_raw': raw, 'var_score': np.clip(safe_ratio(raw, rolling_mean(raw, 20)), 0.5, 3)}
 
