@@ -347,13 +347,12 @@ def ticker_sequences(df:pd.DataFrame, # one ticker's validated OHLCV, oldest fir
     X, n_undefined = finalize(X, valid)
     j = pos['snapshot'][:, None] + np.arange(1 - sequence_length, 1)
     dates = np.where(valid, df['date'].to_numpy()[np.maximum(j, 0)], np.datetime64('NaT'))
-    meta = snapshots[SNAPSHOT_COLUMNS].reset_index(drop=True)
-    labels = snapshots.reindex(columns=['outcome_class', 'label_end_date'])
-    meta['outcome_class'] = pd.array(labels['outcome_class'].to_numpy(), dtype='Int64')
-    meta['label_end_date'] = labels['label_end_date'].to_numpy().astype('datetime64[ns]')
-    meta['days_in_pattern'] = pos['snapshot'] - pos['start']
-    meta['n_undefined'] = n_undefined
-    meta['sequence_dates'] = list(dates.astype('datetime64[ns]'))
+    label = lambda k: snapshots[k].to_numpy() if k in snapshots else np.full(len(snapshots), None)   # null: unlabelled
+    meta = pd.DataFrame({**{k: snapshots[k].array for k in SNAPSHOT_COLUMNS},   # one frame built at once (not column by column)
+                         'outcome_class': pd.array(label('outcome_class'), dtype='Int64'),
+                         'label_end_date': label('label_end_date').astype('datetime64[ns]'),
+                         'days_in_pattern': pos['snapshot'] - pos['start'], 'n_undefined': n_undefined,
+                         'sequence_dates': list(dates.astype('datetime64[ns]'))})
     return X, valid, meta
 
 # %% ../nbs/02_sequences.ipynb #ee33f87f
