@@ -7,8 +7,8 @@ process, with
 
 * `before`: the code before issue 25, kept verbatim below (`legacy_*`) and put back into the package's modules in
   that process (rolling mean and std reducing every window on its own, pandas' rolling median, window-by-window
-  slopes and VAR sums, a snapshot check that builds a full-length mask per ticker and date column, the meta frame
-  built column by column);
+  slopes, VAR sums and percentile ranks, a snapshot check that builds a full-length mask per ticker and date
+  column, the meta frame built column by column);
 * `now`: the package as it is.
 
 It checks that every output file is byte-identical to the first one (same data, same metadata, same bytes) and
@@ -54,6 +54,15 @@ def legacy_rolling_std(x:np.ndarray, n:int) -> np.ndarray:
     "Causal rolling population standard deviation (the one Bollinger bands use)."
     out = np.full(len(x), np.nan)
     if len(x) >= n: out[n - 1:] = sliding_window_view(x, n).std(axis=1)
+    return out
+
+def legacy_trailing_rank(x:np.ndarray, n:int) -> np.ndarray:
+    "Percentile rank of each value among the `n` values ending at it, along the last axis."
+    out = np.full(x.shape, np.nan)
+    if x.shape[-1] < n: return out
+    w = sliding_window_view(x, n, axis=-1)
+    rank = (w < w[..., -1:]).sum(axis=-1) / n
+    out[..., n - 1:] = np.where(np.isnan(w).any(axis=-1), np.nan, rank)
     return out
 
 def legacy_rolling_median(x:np.ndarray, n:int) -> np.ndarray:
@@ -124,8 +133,8 @@ def legacy_ticker_sequences(df:pd.DataFrame, snapshots:pd.DataFrame, sequence_le
 # ---- end of the previous implementation ----
 
 LEGACY = {  # module -> name -> the previous function (a name imported into both modules is replaced in both)
-    patterns: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std},
-    sequences: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std,
+    patterns: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std, 'trailing_rank': legacy_trailing_rank},
+    sequences: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std, 'trailing_rank': legacy_trailing_rank,
                 'rolling_median': legacy_rolling_median, 'rolling_slope': legacy_rolling_slope,
                 'var_features': legacy_var_features, 'check_snapshots': legacy_check_snapshots,
                 'ticker_sequences': legacy_ticker_sequences}}

@@ -121,11 +121,13 @@ def trailing_rank(x:np.ndarray, # values along the last axis, oldest first
                   n:int, # window length (today included)
                  ) -> np.ndarray: # fraction of the last n values strictly below today's; NaN unless all n are defined
     "Percentile rank of each value among the `n` values ending at it, along the last axis."
-    out = np.full(x.shape, np.nan)
-    if x.shape[-1] < n: return out
-    w = sliding_window_view(x, n, axis=-1)
-    rank = (w < w[..., -1:]).sum(axis=-1) / n
-    out[..., n - 1:] = np.where(np.isnan(w).any(axis=-1), np.nan, rank)
+    out, m = np.full(x.shape, np.nan), x.shape[-1] - n + 1
+    if m < 1: return out
+    today, below = x[..., n - 1:], np.zeros(x.shape[:-1] + (m,), np.int64)
+    for k in range(1, n): below += x[..., n - 1 - k:n - 1 - k + m] < today   # one comparison per look-back, all bars at once
+    nans = np.cumsum(np.isnan(x), axis=-1)
+    undefined = nans[..., n - 1:] > np.concatenate([np.zeros(x.shape[:-1] + (1,), np.int64), nans[..., :m - 1]], axis=-1)
+    out[..., n - 1:] = np.where(undefined, np.nan, below / n)
     return out
 
 def bbw_percentile(bbw:np.ndarray, # `bollinger_width` of one ticker (NaN during its warm-up)
