@@ -8,7 +8,7 @@ process, with
 * `before`: the code before issue 25, kept verbatim below (`legacy_*`) and put back into the package's modules in
   that process (rolling mean and std reducing every window on its own, pandas' rolling median, window-by-window
   slopes, VAR sums and percentile ranks, a snapshot check that builds a full-length mask per ticker and date
-  column, the meta frame built column by column);
+  column, the meta frame built column by column, the store hashed twice);
 * `now`: the package as it is.
 
 It checks that every output file is byte-identical to the first one (same data, same metadata, same bytes) and
@@ -34,13 +34,15 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bench_sequences import market_and_snapshots
+import k4_nbdev
 from k4_nbdev import patterns, sequences
-from k4_nbdev.core import fingerprint, write_table
-from k4_nbdev.data import SCALES, write_store
+from k4_nbdev.core import check_scheduler, fingerprint, write_table
+from k4_nbdev.data import SCALES, StoreFrames, write_store
 from k4_nbdev.patterns import SNAPSHOT_COLUMNS, safe_ratio, valid_channel
-from k4_nbdev.sequences import (BAR_FEATURES, DATE_COLUMNS, PROBLEM_COLUMNS, VALUE_COLUMNS, SequenceInputError,
-                                describe_problems, finalize, pattern_positions, require_columns, rolling_apply,
-                                window_features)
+from k4_nbdev.sequences import (BAR_FEATURES, DATE_COLUMNS, FEATURES, PROBLEM_COLUMNS, VALUE_COLUMNS, NonFiniteError,
+                                SequenceInputError, describe_problems, finalize, input_mismatch, iter_sequences,
+                                pattern_positions, recorded_fingerprint, require_columns, rolling_apply, window_features,
+                                write_sequences, write_sequences_in_parts)
 
 
 # ---- the previous implementation (k4_nbdev.patterns / k4_nbdev.sequences before issue 25), kept verbatim ----
@@ -130,6 +132,38 @@ def legacy_ticker_sequences(df:pd.DataFrame, snapshots:pd.DataFrame, sequence_le
     meta['n_undefined'] = n_undefined
     meta['sequence_dates'] = list(dates.astype('datetime64[ns]'))
     return X, valid, meta
+
+def legacy_build_sequences(snapshots_path, ohlcv_store, output, sequence_length:int=50, max_samples:int=None,
+                           validate:bool=True, workers:int=1, skip_bad:bool=False, seed:int=0, progress:bool=True,
+                           provenance_check:bool=True, scheduler:str='processes') -> dict:
+    "The stage: snapshots + OHLCV store -> `sequences.parquet`, checked, streamed and written atomically."
+    t0 = time.perf_counter()
+    check_scheduler(scheduler)
+    snapshots_path, ohlcv_store = Path(snapshots_path), Path(ohlcv_store)
+    if not snapshots_path.exists():
+        raise FileNotFoundError(f"snapshots file {snapshots_path} does not exist (run the patterns stage first)")
+    snapshots = pd.read_parquet(snapshots_path)
+    require_columns(snapshots, str(snapshots_path))
+    frames = StoreFrames(ohlcv_store)   # read ticker by ticker where needed, never the whole store at once
+    if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check): raise SequenceInputError(reason)
+    problems = legacy_check_snapshots(StoreFrames(ohlcv_store, dates_only=True), snapshots)   # the dates alone: cheap
+    if len(problems) and not skip_bad: raise SequenceInputError(describe_problems(problems, str(snapshots_path)))
+    skipped = problems.drop_duplicates('row').groupby('reason')['row'].size().to_dict()
+    keep = snapshots.drop(index=snapshots.index[problems['row'].unique()])
+    if max_samples is not None and len(keep) > max_samples: keep = keep.sample(max_samples, random_state=seed)
+    metadata = {'stage': 'sequences', 'version': k4_nbdev.__version__, 'features': FEATURES,
+                'sequence_length': sequence_length, 'n_sequences': len(keep), 'skipped': skipped,
+                'input': {'snapshots': str(snapshots_path), 'snapshots_fingerprint': fingerprint(snapshots_path),
+                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': fingerprint(ohlcv_store),
+                          'provenance_check': 'passed' if recorded_fingerprint(snapshots_path) else 'skipped'},
+                'parameters': {'max_samples': max_samples, 'seed': seed, 'validate': validate, 'skip_bad': skip_bad}}
+    try:
+        if scheduler == 'processes':
+            n = write_sequences(iter_sequences(frames, keep, sequence_length, workers, progress), output, metadata,
+                                sequence_length, validate)
+        else: n = write_sequences_in_parts(ohlcv_store, keep, output, metadata, scheduler, sequence_length, validate, workers, progress)
+    except NonFiniteError as e: raise NonFiniteError(f"{e} (inputs: {snapshots_path}, {ohlcv_store})") from None
+    return {'n_sequences': n, 'skipped': skipped, 'seconds': time.perf_counter() - t0, 'output': str(output)}
 # ---- end of the previous implementation ----
 
 LEGACY = {  # module -> name -> the previous function (a name imported into both modules is replaced in both)
@@ -137,7 +171,7 @@ LEGACY = {  # module -> name -> the previous function (a name imported into both
     sequences: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std, 'trailing_rank': legacy_trailing_rank,
                 'rolling_median': legacy_rolling_median, 'rolling_slope': legacy_rolling_slope,
                 'var_features': legacy_var_features, 'check_snapshots': legacy_check_snapshots,
-                'ticker_sequences': legacy_ticker_sequences}}
+                'ticker_sequences': legacy_ticker_sequences, 'build_sequences': legacy_build_sequences}}
 
 
 def use_legacy():

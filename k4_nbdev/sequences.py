@@ -640,6 +640,7 @@ def input_mismatch(snapshots_path, # snapshots parquet written by the patterns s
                    ohlcv_store, # OHLCV store the sequences are to be built from
                    frames:dict=None, # the store's frames, if already read
                    provenance_check:bool=True, # refuse snapshots that record no input fingerprint
+                   store_fingerprint:str=None, # `fingerprint(ohlcv_store)`, if already computed (hashing a store takes a while)
                   ) -> str: # why the snapshots cannot be shown to come from this store; '' when they do
     "Compare the input fingerprint recorded in the snapshots with the store."
     recorded = recorded_fingerprint(snapshots_path)
@@ -648,10 +649,11 @@ def input_mismatch(snapshots_path, # snapshots parquet written by the patterns s
         return (f"{snapshots_path} records no input fingerprint (its provenance metadata was stripped), so nothing shows "
                 f"it was built from the OHLCV store {ohlcv_store}: rebuild it with k4-patterns --ohlcv {ohlcv_store}, "
                 "or accept it unchecked with --no-provenance-check (provenance_check=False)")
-    if recorded == fingerprint(ohlcv_store): return ''
+    store_fingerprint = store_fingerprint or fingerprint(ohlcv_store)
+    if recorded == store_fingerprint: return ''
     if recorded == frames_fingerprint(read_store(ohlcv_store) if frames is None else frames): return ''
     return (f"{snapshots_path} was built from an input with fingerprint {recorded[:12]}..., not from the OHLCV store "
-            f"{ohlcv_store} (fingerprint {fingerprint(ohlcv_store)[:12]}...); rebuild the snapshots from this store "
+            f"{ohlcv_store} (fingerprint {store_fingerprint[:12]}...); rebuild the snapshots from this store "
             "(k4-patterns --ohlcv STORE)")
 
 def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
@@ -676,7 +678,9 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     snapshots = pd.read_parquet(snapshots_path)
     require_columns(snapshots, str(snapshots_path))
     frames = StoreFrames(ohlcv_store)   # read ticker by ticker where needed, never the whole store at once
-    if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check): raise SequenceInputError(reason)
+    store_fingerprint = fingerprint(ohlcv_store)   # once: checked here, recorded below
+    if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check, store_fingerprint):
+        raise SequenceInputError(reason)
     problems = check_snapshots(StoreFrames(ohlcv_store, dates_only=True), snapshots)   # the dates alone: cheap
     if len(problems) and not skip_bad: raise SequenceInputError(describe_problems(problems, str(snapshots_path)))
     skipped = problems.drop_duplicates('row').groupby('reason')['row'].size().to_dict()
@@ -685,7 +689,7 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     metadata = {'stage': 'sequences', 'version': k4_nbdev.__version__, 'features': FEATURES,
                 'sequence_length': sequence_length, 'n_sequences': len(keep), 'skipped': skipped,
                 'input': {'snapshots': str(snapshots_path), 'snapshots_fingerprint': fingerprint(snapshots_path),
-                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': fingerprint(ohlcv_store),
+                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': store_fingerprint,
                           'provenance_check': 'passed' if recorded_fingerprint(snapshots_path) else 'skipped'},
                 'parameters': {'max_samples': max_samples, 'seed': seed, 'validate': validate, 'skip_bad': skip_bad}}
     try:
