@@ -106,7 +106,7 @@ def safe_ratio(a:np.ndarray, # numerator
               ) -> np.ndarray: # a / b, NaN where b is 0 or NaN (an undefined ratio never qualifies)
     "Element-wise ratio that is undefined, not infinite, where the denominator vanishes."
     out = np.full(len(a), np.nan)
-    np.divide(a, b, out=out, where=np.nan_to_num(b) != 0)
+    np.divide(a, b, out=out, where=(b != 0) & ~np.isnan(b))
     return out
 
 # %% ../nbs/01_patterns.ipynb #4bcf685e
