@@ -8,7 +8,8 @@ process, with
 * `before`: the code before issue 25, kept verbatim below (`legacy_*`) and put back into the package's modules in
   that process (rolling mean and std reducing every window on its own, pandas' rolling median, window-by-window
   slopes, VAR sums and percentile ranks, a snapshot check that builds a full-length mask per ticker and date
-  column, the meta frame built column by column, the store hashed twice);
+  column, the meta frame built column by column, the store hashed twice, `safe_ratio` through `nan_to_num`, and
+  `normalise_ohlcv` filtering, renaming and flooring the dates of every ticker it reads even when nothing changes);
 * `now`: the package as it is.
 
 It checks that every output file is byte-identical to the first one (same data, same metadata, same bytes) and
@@ -35,10 +36,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from bench_sequences import market_and_snapshots
 import k4_nbdev
-from k4_nbdev import patterns, sequences
+from k4_nbdev import data, patterns, sequences
 from k4_nbdev.core import check_scheduler, fingerprint, write_table
-from k4_nbdev.data import SCALES, StoreFrames, write_store
-from k4_nbdev.patterns import SNAPSHOT_COLUMNS, safe_ratio, valid_channel
+from k4_nbdev.data import SCALES, StoreFrames, parse_dates, write_store
+from k4_nbdev.patterns import SNAPSHOT_COLUMNS, valid_channel
 from k4_nbdev.sequences import (BAR_FEATURES, DATE_COLUMNS, FEATURES, PROBLEM_COLUMNS, VALUE_COLUMNS, NonFiniteError,
                                 SequenceInputError, describe_problems, finalize, input_mismatch, iter_sequences,
                                 pattern_positions, recorded_fingerprint, require_columns, rolling_apply, window_features,
@@ -67,6 +68,29 @@ def legacy_trailing_rank(x:np.ndarray, n:int) -> np.ndarray:
     out[..., n - 1:] = np.where(np.isnan(w).any(axis=-1), np.nan, rank)
     return out
 
+def legacy_safe_ratio(a:np.ndarray, b:np.ndarray) -> np.ndarray:
+    "Element-wise ratio that is undefined, not infinite, where the denominator vanishes."
+    out = np.full(len(a), np.nan)
+    np.divide(a, b, out=out, where=np.nan_to_num(b) != 0)
+    return out
+
+def legacy_normalise_ohlcv(df:pd.DataFrame) -> pd.DataFrame:
+    "Map common column-name variants to the schema and parse the dates; values are not changed."
+    df = df.copy()
+    if 'date' not in {str(c).strip().lower() for c in df.columns} and isinstance(df.index, pd.DatetimeIndex):
+        df = df.rename_axis('date').reset_index()
+    df = df.loc[:, [not str(c).startswith('Unnamed:') and str(c) != 'index' for c in df.columns]]
+    renamed = {}
+    for c in df.columns:
+        key = str(c).strip().lower()
+        renamed[c] = data._COLUMN_ALIASES.get(key, key.replace(' ', '_'))
+    df = df.rename(columns=renamed)
+    if 'date' in df.columns:
+        dates = parse_dates(df['date'])
+        if getattr(dates.dt, 'tz', None) is None: dates = dates.dt.normalize()
+        df['date'] = dates
+    return df
+
 def legacy_rolling_median(x:np.ndarray, n:int) -> np.ndarray:
     "Causal rolling median (exact order statistics, so it depends on the window's values only)."
     return pd.Series(x).rolling(n).median().to_numpy()
@@ -79,8 +103,8 @@ def legacy_rolling_slope(x:np.ndarray, n:int) -> np.ndarray:
 def legacy_var_features(v, r) -> dict:
     "VAR: volume on up days against volume on down days over 20 bars, and that ratio against its own 20-bar mean."
     up, down = rolling_apply(v * np.maximum(r, 0), 20, np.sum), rolling_apply(v * np.maximum(-r, 0), 20, np.sum)
-    raw = safe_ratio(up, down)
-    return {'var_raw': raw, 'var_score': np.clip(safe_ratio(raw, legacy_rolling_mean(raw, 20)), 0.5, 3)}
+    raw = legacy_safe_ratio(up, down)
+    return {'var_raw': raw, 'var_score': np.clip(legacy_safe_ratio(raw, legacy_rolling_mean(raw, 20)), 0.5, 3)}
 
 def legacy_check_snapshots(frames:dict, snapshots:pd.DataFrame) -> pd.DataFrame:
     "Every reason a snapshot row cannot become a sequence."
@@ -167,8 +191,11 @@ def legacy_build_sequences(snapshots_path, ohlcv_store, output, sequence_length:
 # ---- end of the previous implementation ----
 
 LEGACY = {  # module -> name -> the previous function (a name imported into both modules is replaced in both)
-    patterns: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std, 'trailing_rank': legacy_trailing_rank},
+    data: {'normalise_ohlcv': legacy_normalise_ohlcv},
+    patterns: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std, 'trailing_rank': legacy_trailing_rank,
+               'safe_ratio': legacy_safe_ratio},
     sequences: {'rolling_mean': legacy_rolling_mean, 'rolling_std': legacy_rolling_std, 'trailing_rank': legacy_trailing_rank,
+                'safe_ratio': legacy_safe_ratio,
                 'rolling_median': legacy_rolling_median, 'rolling_slope': legacy_rolling_slope,
                 'var_features': legacy_var_features, 'check_snapshots': legacy_check_snapshots,
                 'ticker_sequences': legacy_ticker_sequences, 'build_sequences': legacy_build_sequences}}
