@@ -143,15 +143,18 @@ def normalise_ohlcv(df:pd.DataFrame, # raw frame as read from a file
     df = df.copy()
     if 'date' not in {str(c).strip().lower() for c in df.columns} and isinstance(df.index, pd.DatetimeIndex):
         df = df.rename_axis('date').reset_index()
-    df = df.loc[:, [not str(c).startswith('Unnamed:') and str(c) != 'index' for c in df.columns]]
-    renamed = {}
+    keep = [not str(c).startswith('Unnamed:') and str(c) != 'index' for c in df.columns]
+    if not all(keep): df = df.loc[:, keep]        # (each step below is skipped where it would change nothing: every
+    renamed = {}                                  #  stage reads every ticker through here)
     for c in df.columns:
         key = str(c).strip().lower()
         renamed[c] = _COLUMN_ALIASES.get(key, key.replace(' ', '_'))
-    df = df.rename(columns=renamed)
+    if any(renamed[c] != c for c in df.columns): df = df.rename(columns=renamed)
     if 'date' in df.columns:
         dates = parse_dates(df['date'])
-        if getattr(dates.dt, 'tz', None) is None: dates = dates.dt.normalize()
+        if getattr(dates.dt, 'tz', None) is None:
+            day = dates.to_numpy()
+            if not (day == day.astype('datetime64[D]')).all(): dates = dates.dt.normalize()
         df['date'] = dates
     return df
 

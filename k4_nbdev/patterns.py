@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['INDICATOR_COLUMNS', 'BBW_PERCENTILE_MAX', 'ADX_MAX', 'VOLUME_RATIO_MAX', 'RANGE_RATIO_MAX', 'WARMUP_BARS',
            'POWER_FACTOR', 'MAX_PATTERN_DAYS', 'LABEL_WINDOW', 'BREACH_FACTOR', 'GAIN_THRESHOLDS', 'REFERENCE_SHARES',
-           'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS', 'CALIBRATION_TARGETS',
-           'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width', 'trailing_rank', 'bbw_percentile',
-           'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies', 'valid_channel', 'qualifying_runs',
-           'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots', 'too_short', 'ticker_snapshots',
-           'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples', 'plot_class_mix', 'load_frames',
-           'qualification_summary', 'no_pattern_message', 'run_patterns', 'build_snapshots', 'bench_calibration',
-           'patterns_cli', 'check_ohlcv_cli']
+           'SHIFTED_MAX', 'PATTERN_COLUMNS', 'SNAPSHOT_COLUMNS', 'LABEL_COLUMNS', 'CLASS_COLORS', 'CALIBRATION_TARGETS',
+           'pairwise_sum', 'rolling_sum', 'rolling_mean', 'rolling_std', 'safe_ratio', 'bollinger_width',
+           'trailing_rank', 'bbw_percentile', 'wilder_smooth', 'true_range', 'adx', 'indicators', 'qualifies',
+           'valid_channel', 'qualifying_runs', 'find_patterns', 'take_snapshots', 'race_labels', 'label_snapshots',
+           'too_short', 'ticker_snapshots', 'market_snapshots', 'class_mix', 'plot_pattern', 'plot_class_examples',
+           'plot_class_mix', 'load_frames', 'qualification_summary', 'no_pattern_message', 'run_patterns',
+           'build_snapshots', 'bench_calibration', 'patterns_cli', 'check_ohlcv_cli']
 
 # %% ../nbs/01_patterns.ipynb #98692465
 import os
@@ -48,20 +48,57 @@ REFERENCE_SHARES = {'K0_STAGNANT': 45.7, 'K1_MINIMAL': 29.1, 'K2_QUALITY': 8.0,
                     'K3_STRONG': 1.0, 'K4_EXCEPTIONAL': 0.4, 'K5_FAILED': 15.9}  # % of 116,712 reference snapshots
 
 # %% ../nbs/01_patterns.ipynb #516b1908
+SHIFTED_MAX = 32   # windows up to this length are summed as shifted copies of the series, longer ones window by window
+
+def pairwise_sum(term, # term(j): the j-th addend, an array (for a window sum: the series shifted by j)
+                 n:int, # number of addends
+                ) -> np.ndarray: # term(0) + ... + term(n-1), added in the order numpy's pairwise summation adds n values
+    "Sum of `n` arrays in numpy's pairwise order, so it equals `np.sum` over `n` contiguous values bit for bit."
+    if n < 8:
+        total = term(0)
+        for j in range(1, n): total = total + term(j)
+        return total
+    if n > 128:
+        half = n // 2 - n // 2 % 8
+        return pairwise_sum(term, half) + pairwise_sum(lambda j: term(half + j), n - half)
+    top = n - n % 8
+    s = [term(i) for i in range(8)]
+    for b in range(8, top, 8): s = [s[i] + term(b + i) for i in range(8)]
+    total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    for j in range(top, n): total = total + term(j)
+    return total
+
+def rolling_sum(x:np.ndarray, # values of one ticker, oldest first
+                n:int, # window length in bars (today included)
+               ) -> np.ndarray: # sum of the last `n` values; NaN for the first n-1 bars
+    "Causal rolling sum (the bits of `sliding_window_view(x, n).sum(axis=1)`)."
+    out = np.full(len(x), np.nan)
+    if len(x) < n: return out
+    m = len(x) - n + 1
+    out[n - 1:] = sliding_window_view(x, n).sum(axis=1) if n > SHIFTED_MAX else pairwise_sum(lambda j: x[j:j + m], n)
+    return out
+
 def rolling_mean(x:np.ndarray, # values of one ticker, oldest first
                  n:int, # window length in bars (today included)
                 ) -> np.ndarray: # mean of the last `n` values; NaN for the first n-1 bars
-    "Causal rolling mean."
-    out = np.full(len(x), np.nan)
-    if len(x) >= n: out[n - 1:] = sliding_window_view(x, n).mean(axis=1)
-    return out
+    "Causal rolling mean: the rolling sum over n, as numpy's `mean` computes it."
+    return rolling_sum(x, n) / n
 
 def rolling_std(x:np.ndarray, # values of one ticker, oldest first
                 n:int, # window length in bars (today included)
                ) -> np.ndarray: # population standard deviation of the last `n` values; NaN for the first n-1 bars
-    "Causal rolling population standard deviation (the one Bollinger bands use)."
+    "Causal rolling population standard deviation, the one Bollinger bands use (the bits of `sliding_window_view(x, n).std(axis=1)`)."
     out = np.full(len(x), np.nan)
-    if len(x) >= n: out[n - 1:] = sliding_window_view(x, n).std(axis=1)
+    if len(x) < n: return out
+    if n > SHIFTED_MAX:
+        out[n - 1:] = sliding_window_view(x, n).std(axis=1)
+        return out
+    m = len(x) - n + 1
+    mean = rolling_mean(x, n)[n - 1:]
+    def squared_deviation(j):
+        d = x[j:j + m] - mean
+        return d * d
+    out[n - 1:] = np.sqrt(pairwise_sum(squared_deviation, n) / n)   # numpy's std: sqrt(mean of squared deviations)
     return out
 
 def safe_ratio(a:np.ndarray, # numerator
@@ -69,7 +106,7 @@ def safe_ratio(a:np.ndarray, # numerator
               ) -> np.ndarray: # a / b, NaN where b is 0 or NaN (an undefined ratio never qualifies)
     "Element-wise ratio that is undefined, not infinite, where the denominator vanishes."
     out = np.full(len(a), np.nan)
-    np.divide(a, b, out=out, where=np.nan_to_num(b) != 0)
+    np.divide(a, b, out=out, where=(b != 0) & ~np.isnan(b))
     return out
 
 # %% ../nbs/01_patterns.ipynb #4bcf685e
@@ -84,11 +121,13 @@ def trailing_rank(x:np.ndarray, # values along the last axis, oldest first
                   n:int, # window length (today included)
                  ) -> np.ndarray: # fraction of the last n values strictly below today's; NaN unless all n are defined
     "Percentile rank of each value among the `n` values ending at it, along the last axis."
-    out = np.full(x.shape, np.nan)
-    if x.shape[-1] < n: return out
-    w = sliding_window_view(x, n, axis=-1)
-    rank = (w < w[..., -1:]).sum(axis=-1) / n
-    out[..., n - 1:] = np.where(np.isnan(w).any(axis=-1), np.nan, rank)
+    out, m = np.full(x.shape, np.nan), x.shape[-1] - n + 1
+    if m < 1: return out
+    today, below = x[..., n - 1:], np.zeros(x.shape[:-1] + (m,), np.int64)
+    for k in range(1, n): below += x[..., n - 1 - k:n - 1 - k + m] < today   # one comparison per look-back, all bars at once
+    nans = np.cumsum(np.isnan(x), axis=-1)
+    undefined = nans[..., n - 1:] > np.concatenate([np.zeros(x.shape[:-1] + (1,), np.int64), nans[..., :m - 1]], axis=-1)
+    out[..., n - 1:] = np.where(undefined, np.nan, below / n)
     return out
 
 def bbw_percentile(bbw:np.ndarray, # `bollinger_width` of one ticker (NaN during its warm-up)

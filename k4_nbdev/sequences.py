@@ -28,14 +28,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.ndimage import rank_filter
 from numpy.lib.stride_tricks import sliding_window_view
 
 import k4_nbdev
 from .core import (atomic_write, check_flag, check_outputs, check_scheduler, command, fingerprint,
                            frames_fingerprint, job_map, progress_bar, read_metadata, with_provenance)
 from .data import OHLCVError, read_store, StoreFrames
-from .patterns import (CLASS_COLORS, CLASS_NAMES, indicators, rolling_mean, rolling_std, safe_ratio,
-                               SNAPSHOT_COLUMNS, trailing_rank, true_range, valid_channel)
+from .patterns import (CLASS_COLORS, CLASS_NAMES, indicators, pairwise_sum, rolling_mean, rolling_std,
+                               rolling_sum, safe_ratio, SNAPSHOT_COLUMNS, trailing_rank, true_range, valid_channel)
 
 # %% ../nbs/02_sequences.ipynb #6178ee82
 FEATURES = [
@@ -86,16 +87,27 @@ def rolling_apply(x:np.ndarray, # values of one ticker, oldest first
 
 def rolling_median(x:np.ndarray, # values of one ticker, oldest first
                    n:int, # window length in bars (today included)
-                  ) -> np.ndarray: # median of the last n values; NaN unless all n are defined
-    "Causal rolling median (exact order statistics, so it depends on the window's values only)."
-    return pd.Series(x).rolling(n).median().to_numpy()
+                  ) -> np.ndarray: # median of the last n values; NaN unless all n are finite
+    "Causal rolling median: the middle order statistic, or the mean of the two middle ones when n is even."
+    out = np.full(len(x), np.nan)
+    if len(x) < n: return out
+    finite = np.isfinite(x)
+    ranked = lambda k: rank_filter(np.where(finite, x, 0), k, size=n, origin=(n - 1) // 2, mode='nearest')[n - 1:]
+    median = ranked(n // 2) if n % 2 else (ranked(n // 2 - 1) + ranked(n // 2)) / 2
+    not_finite = np.r_[0, np.cumsum(~finite)]                          # count of non-finite values before each bar
+    out[n - 1:] = np.where(not_finite[n:] > not_finite[:len(x) - n + 1], np.nan, median)
+    return out
 
 def rolling_slope(x:np.ndarray, # values of one ticker, oldest first
                   n:int, # window length in bars
                  ) -> np.ndarray: # OLS slope per bar of the last n values; NaN for the first n-1 bars
-    "Causal least-squares slope against the bar index."
+    "Causal least-squares slope against the bar index (the bits of `(sliding_window_view(x, n) * weights).sum(axis=1)`)."
     k = np.arange(n) - (n - 1) / 2
-    return rolling_apply(x, n, lambda w, axis: (w * (k / (k * k).sum())).sum(axis=axis))
+    weights = k / (k * k).sum()
+    out = np.full(len(x), np.nan)
+    m = len(x) - n + 1
+    if m > 0: out[n - 1:] = pairwise_sum(lambda j: x[j:j + m] * weights[j], n)
+    return out
 
 def bars_since(event:np.ndarray, # 1.0 where the event happened, 0.0 where not, NaN where undefined
                n:int, # look-back window (today included)
@@ -143,7 +155,7 @@ def cci_features(h, l, c, bbw) -> dict:
 
 def var_features(v, r) -> dict:
     "VAR: volume on up days against volume on down days over 20 bars, and that ratio against its own 20-bar mean."
-    up, down = rolling_apply(v * np.maximum(r, 0), 20, np.sum), rolling_apply(v * np.maximum(-r, 0), 20, np.sum)
+    up, down = rolling_sum(v * np.maximum(r, 0), 20), rolling_sum(v * np.maximum(-r, 0), 20)
     raw = safe_ratio(up, down)
     return {'var_raw': raw, 'var_score': np.clip(safe_ratio(raw, rolling_mean(raw, 20)), 0.5, 3)}
 
@@ -224,13 +236,14 @@ def check_snapshots(frames:dict, # ticker -> OHLCV frame
     add = lambda bad, column, reason: flags.append((bad, column, reason))
     known = snapshots['ticker'].isin(list(frames)).to_numpy()
     add(~known, 'ticker', 'ticker not in the OHLCV store')
-    for ticker, g in snapshots[known].groupby('ticker', sort=False):
-        dates, pos = frames[ticker]['date'].to_numpy(), rows[snapshots['ticker'].to_numpy() == ticker]
+    off_day = {k: np.zeros(len(snapshots), dtype=bool) for k in DATE_COLUMNS}   # not a trading day of the ticker
+    wanted = {k: snapshots[k].to_numpy() for k in DATE_COLUMNS}
+    for ticker, at in snapshots[known].groupby('ticker', sort=False).indices.items():   # one pass, not one per ticker
+        pos, dates = rows[known][at], frames[ticker]['date'].to_numpy()
         for k in DATE_COLUMNS:
-            d = g[k].to_numpy()
-            bad = np.zeros(len(snapshots), dtype=bool)
-            bad[pos] = dates[np.minimum(np.searchsorted(dates, d), len(dates) - 1)] != d
-            add(bad, k, f'{k} is not a trading day of the ticker')
+            d = wanted[k][pos]
+            off_day[k][pos] = dates[np.minimum(np.searchsorted(dates, d), len(dates) - 1)] != d
+    for k in DATE_COLUMNS: add(off_day[k], k, f'{k} is not a trading day of the ticker')
     for k in VALUE_COLUMNS:
         values = snapshots[k].to_numpy(dtype=float, na_value=np.nan)
         add(np.isnan(values), k, f'{k} is missing')
@@ -334,13 +347,12 @@ def ticker_sequences(df:pd.DataFrame, # one ticker's validated OHLCV, oldest fir
     X, n_undefined = finalize(X, valid)
     j = pos['snapshot'][:, None] + np.arange(1 - sequence_length, 1)
     dates = np.where(valid, df['date'].to_numpy()[np.maximum(j, 0)], np.datetime64('NaT'))
-    meta = snapshots[SNAPSHOT_COLUMNS].reset_index(drop=True)
-    labels = snapshots.reindex(columns=['outcome_class', 'label_end_date'])
-    meta['outcome_class'] = pd.array(labels['outcome_class'].to_numpy(), dtype='Int64')
-    meta['label_end_date'] = labels['label_end_date'].to_numpy().astype('datetime64[ns]')
-    meta['days_in_pattern'] = pos['snapshot'] - pos['start']
-    meta['n_undefined'] = n_undefined
-    meta['sequence_dates'] = list(dates.astype('datetime64[ns]'))
+    label = lambda k: snapshots[k].to_numpy() if k in snapshots else np.full(len(snapshots), None)   # null: unlabelled
+    meta = pd.DataFrame({**{k: snapshots[k].array for k in SNAPSHOT_COLUMNS},   # one frame built at once (not column by column)
+                         'outcome_class': pd.array(label('outcome_class'), dtype='Int64'),
+                         'label_end_date': label('label_end_date').astype('datetime64[ns]'),
+                         'days_in_pattern': pos['snapshot'] - pos['start'], 'n_undefined': n_undefined,
+                         'sequence_dates': list(dates.astype('datetime64[ns]'))})
     return X, valid, meta
 
 # %% ../nbs/02_sequences.ipynb #ee33f87f
@@ -628,6 +640,7 @@ def input_mismatch(snapshots_path, # snapshots parquet written by the patterns s
                    ohlcv_store, # OHLCV store the sequences are to be built from
                    frames:dict=None, # the store's frames, if already read
                    provenance_check:bool=True, # refuse snapshots that record no input fingerprint
+                   store_fingerprint:str=None, # `fingerprint(ohlcv_store)`, if already computed (hashing a store takes a while)
                   ) -> str: # why the snapshots cannot be shown to come from this store; '' when they do
     "Compare the input fingerprint recorded in the snapshots with the store."
     recorded = recorded_fingerprint(snapshots_path)
@@ -636,10 +649,11 @@ def input_mismatch(snapshots_path, # snapshots parquet written by the patterns s
         return (f"{snapshots_path} records no input fingerprint (its provenance metadata was stripped), so nothing shows "
                 f"it was built from the OHLCV store {ohlcv_store}: rebuild it with k4-patterns --ohlcv {ohlcv_store}, "
                 "or accept it unchecked with --no-provenance-check (provenance_check=False)")
-    if recorded == fingerprint(ohlcv_store): return ''
+    store_fingerprint = store_fingerprint or fingerprint(ohlcv_store)
+    if recorded == store_fingerprint: return ''
     if recorded == frames_fingerprint(read_store(ohlcv_store) if frames is None else frames): return ''
     return (f"{snapshots_path} was built from an input with fingerprint {recorded[:12]}..., not from the OHLCV store "
-            f"{ohlcv_store} (fingerprint {fingerprint(ohlcv_store)[:12]}...); rebuild the snapshots from this store "
+            f"{ohlcv_store} (fingerprint {store_fingerprint[:12]}...); rebuild the snapshots from this store "
             "(k4-patterns --ohlcv STORE)")
 
 def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
@@ -664,7 +678,9 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     snapshots = pd.read_parquet(snapshots_path)
     require_columns(snapshots, str(snapshots_path))
     frames = StoreFrames(ohlcv_store)   # read ticker by ticker where needed, never the whole store at once
-    if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check): raise SequenceInputError(reason)
+    store_fingerprint = fingerprint(ohlcv_store)   # once: checked here, recorded below
+    if reason := input_mismatch(snapshots_path, ohlcv_store, frames, provenance_check, store_fingerprint):
+        raise SequenceInputError(reason)
     problems = check_snapshots(StoreFrames(ohlcv_store, dates_only=True), snapshots)   # the dates alone: cheap
     if len(problems) and not skip_bad: raise SequenceInputError(describe_problems(problems, str(snapshots_path)))
     skipped = problems.drop_duplicates('row').groupby('reason')['row'].size().to_dict()
@@ -673,7 +689,7 @@ def build_sequences(snapshots_path, # snapshots parquet (from `01_patterns`)
     metadata = {'stage': 'sequences', 'version': k4_nbdev.__version__, 'features': FEATURES,
                 'sequence_length': sequence_length, 'n_sequences': len(keep), 'skipped': skipped,
                 'input': {'snapshots': str(snapshots_path), 'snapshots_fingerprint': fingerprint(snapshots_path),
-                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': fingerprint(ohlcv_store),
+                          'ohlcv': str(ohlcv_store), 'ohlcv_fingerprint': store_fingerprint,
                           'provenance_check': 'passed' if recorded_fingerprint(snapshots_path) else 'skipped'},
                 'parameters': {'max_samples': max_samples, 'seed': seed, 'validate': validate, 'skip_bad': skip_bad}}
     try:
