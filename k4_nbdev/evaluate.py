@@ -46,7 +46,7 @@ def evaluation_variants(losses:list=('asymmetric', 'cross_entropy', 'focal'), # 
     k4_weight = {'k4_weight': float(recipe.get('k4_weight', RECIPE.k4_weight))}
     return variants | ({LIGHTGBM: k4_weight} if lightgbm else {}) | ({PRECURSOR: k4_weight} if precursor else {})
 
-def walk_forward(data:dict, # sequences: X, mask, y, meta, source, fingerprint (from `load_training_data`)
+def walk_forward(data:dict, # sequences: X (None: streamed), mask, y, meta, source, fingerprint (from `load_training_data`)
                  variants:dict, # from `evaluation_variants`
                  workdir, # models are written under workdir/fold{k}/seed{s}/...
                  n_folds:int=3, # walk-forward folds
@@ -204,7 +204,7 @@ def evaluate_cli(sequences:str, # sequences.parquet from k4-build-sequences (nev
         _resumable(out, settings)
         done = pd.read_csv(out / EVALUATION_FILES[0])
     episodes = read_truth(truth) if truth else None
-    data = load_training_data(sequences, provenance_check=provenance_check)
+    data = load_training_data(sequences, provenance_check=provenance_check, stream=True)   # a fold reads the sequences a chunk at a time
     try: blocks = walk_forward_folds(data['meta'], folds, first_ratio)
     except SplitError as e: raise UsageError(f"--folds {folds} / --first-ratio {first_ratio}: {e}") from None
     for k, (_, val, info) in enumerate(blocks, 1):

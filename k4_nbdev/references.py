@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['WINDOW_STATS', 'PRECURSOR_STATS', 'PRECURSOR', 'TRUTH_REQUIRED', 'MECHANISM', 'OBSERVABLE', 'MODEL', 'ORACLE',
            'LIGHTGBM', 'PAIRED_METRICS', 'BASELINES', 'SHORT_NAMES', 'COMPARISON_FILE', 'QUALITY_PLOT',
-           'HEADLINE_METRICS', 'check_in_memory', 'window_summaries', 'window_feature_names', 'lightgbm_baseline',
+           'HEADLINE_METRICS', 'row_values', 'window_summaries', 'window_feature_names', 'lightgbm_baseline',
            'pattern_bars', 'row_mean', 'row_slope', 'precursor_stats', 'precursor_baseline', 'read_truth', 'quality_ev',
            'oracle_model', 'mechanism_stats', 'precursor_reading', 'posterior_quality', 'observable_ceiling',
            'observable_model', 'model_scores', 'short_name', 'quality_table', 'model_comparison', 'write_comparison',
@@ -29,17 +29,18 @@ from .data import episode_truth, MarketParams, TRUTH_COLUMNS, TRUTH_FILE
 from .metrics import (average_precision, bootstrap_replicates, classification_metrics, percentile_interval,
                               RANKING_METRICS, RANKING_NAMES, with_intervals)
 from .core import atomic_write
-from .scoring import calibrated_proba, fit_calibration, relative_inputs
+from .scoring import calibrated_proba, fit_calibration, relative_inputs, sequence_chunks
 from .backtest import ENTRY_SIGNALS, first_snapshots, run_trades
 
 
 # %% ../nbs/04c_references.ipynb #919f884f
-def check_in_memory(data:dict, # training data (`load_training_data`)
-                    what:str, # the function that needs it, for the message
-                   ):
-    "Refuse streamed data (no X) where the sequences themselves are needed."
-    if data.get('X') is None:
-        raise ValueError(f"{what} needs the sequences in memory: load them with load_training_data(..., stream=False)")
+def row_values(data:dict, # from `load_training_data`: in memory (X), or streamed (X None: read from data['source'])
+               fn, # fn(X (k, L, 69), mask (k, L), meta) -> an array with one entry per row, each from that row alone
+               rows:np.ndarray, # increasing row numbers
+              ) -> np.ndarray: # fn of the rows, in their order
+    "A row-wise function of some rows' sequences, from memory or a chunk at a time from the file."
+    if data['X'] is not None: return fn(data['X'][rows], data['mask'][rows], data['meta'].iloc[rows])
+    return np.concatenate([fn(X, mask, meta) for _, X, mask, meta in sequence_chunks(data['source'], rows=rows)])
 
 # %% ../nbs/04c_references.ipynb #66dc2496
 WINDOW_STATS = ('last', 'mean', 'min', 'max', 'std', 'change', 'slope')
@@ -71,9 +72,8 @@ def lightgbm_baseline(data:dict, # from `load_training_data`
                       seed:int, # random seed
                      ) -> dict: # calibrated validation probabilities, metrics, best round, seconds, booster, calibration
     "Class-weighted LightGBM on window summaries; early stopping and calibration on the selection slice."
-    check_in_memory(data, 'lightgbm_baseline')
-    X, mask, y = data['X'], data['mask'], data['y']
-    feats = {k: window_summaries(X[data[k]], mask[data[k]]) for k in ('fit', 'select', 'val')}
+    y = data['y']
+    feats = {k: row_values(data, lambda X, mask, _: window_summaries(X, mask), data[k]) for k in ('fit', 'select', 'val')}
     weights = np.array(CLASS_WEIGHTS, float); weights[K4] = k4_weight
     fit_y, sel_y = y[data['fit']], y[data['select']]
     k4_auc = lambda preds, ds: ('k4_pr_auc', average_precision(preds.reshape(len(sel_y), -1)[:, K4], sel_y == K4), True)
@@ -138,15 +138,14 @@ def precursor_stats(X:np.ndarray, # raw sequences (N, L, 69)
 # %% ../nbs/04c_references.ipynb #b4ff13f4
 PRECURSOR = 'Precursor baseline (linear, 4 bar statistics)'
 
-def precursor_baseline(data:dict, # from `load_training_data` (in memory)
+def precursor_baseline(data:dict, # from `load_training_data`
                        *, # the recipe's knob, given by the caller
                        k4_weight:float, # class weight of K4 (the others: the network's)
                        steps:int=200, # L-BFGS iterations
                       ) -> dict: # calibrated validation probabilities, metrics, coefficients, seconds, calibration
     "Class-weighted multinomial logistic regression on `precursor_stats`, fitted on the fitting rows' labels, calibrated on the selection slice."
-    check_in_memory(data, 'precursor_baseline')
     t0 = time.perf_counter()
-    S = precursor_stats(data['X'], data['mask'], data['meta']['days_in_pattern'].to_numpy())
+    S = row_values(data, lambda X, mask, meta: precursor_stats(X, mask, meta['days_in_pattern'].to_numpy()), np.arange(len(data['y'])))
     fit, y = data['fit'], data['y']
     Z = torch.as_tensor((S - S[fit].mean(0)) / (S[fit].std(0) + 1e-12), dtype=torch.float32)
     weights = torch.tensor(CLASS_WEIGHTS, dtype=torch.float32); weights[K4] = k4_weight
@@ -283,13 +282,16 @@ def observable_ceiling(stats:dict, # `mechanism_stats` of the rows to score
     return {'score': q_hat, 'ev': quality_ev(posterior_quality(fit_stats, readings, prior), fit_y, q_hat, bins),
             'readings': pd.DataFrame(readings).T}
 
-def observable_model(data:dict, # from `load_training_data` (in memory)
+def observable_model(data:dict, # from `load_training_data`
                      rows:np.ndarray, # indices of the rows to score
                      fit:np.ndarray, # indices of the training-period rows it is fitted on
                      episodes:pd.DataFrame, # the answer key (`read_truth`)
                     ) -> dict: # `observable_ceiling` on those rows, plus 'corr': of q̂ with q where the rows lie in an episode
     "The observable ceiling of a split: readings from the sequences, q from the answer key for the training rows only."
-    stats = mechanism_stats(data['X'], data['mask'], data['meta']['days_in_pattern'].to_numpy())
+    # each reading and its bar count as two columns of one array per row, for `row_values`
+    pairs = row_values(data, lambda X, mask, meta: np.stack([v for pair in mechanism_stats(X, mask, meta['days_in_pattern'].to_numpy()).values()
+                                                             for v in pair], 1), np.arange(len(data['y'])))
+    stats = {k: (pairs[:, 2 * i], pairs[:, 2 * i + 1]) for i, k in enumerate(MECHANISM)}
     pick = lambda idx: {k: (s[idx], n[idx]) for k, (s, n) in stats.items()}
     quality = lambda idx: episode_truth(data['meta'].iloc[idx], episodes)['quality'].to_numpy()
     out = observable_ceiling(pick(rows), pick(fit), quality(fit), data['y'][fit])

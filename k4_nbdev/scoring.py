@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'TEMPERATURE_RANGE', 'CHECKPOINT_FORMAT', 'CHECKPOINT_KEYS',
-           'relative_inputs', 'fit_scaler', 'fit_scaler_pieces', 'scale_relative', 'apply_scaler', 'calibrated_proba',
-           'predict_logits', 'predict_proba', 'fit_calibration', 'check_calibration', 'checkpoint_calibration',
-           'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_dates', 'check_device',
-           'sequences_provenance']
+           'CHUNK_ROWS', 'relative_inputs', 'fit_scaler', 'fit_scaler_pieces', 'scale_relative', 'apply_scaler',
+           'calibrated_proba', 'predict_logits', 'predict_proba', 'fit_calibration', 'check_calibration',
+           'checkpoint_calibration', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_dates',
+           'check_device', 'sequences_provenance', 'sequence_chunks', 'nonfinite_error']
 
 # %% ../nbs/04a_scoring.ipynb #7c1c81f6
 import errno
@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from .core import atomic_write, check_flag, read_metadata, UsageError
 from .model import create_mamba_attention_model
-from .sequences import FEATURES
+from .sequences import FEATURES, NonFiniteError, table_sequences
 
 # %% ../nbs/04a_scoring.ipynb #9c473937
 PRICE_FEATURES = ['current_price', 'current_high', 'current_low', 'baseline_volatility', 'start_price', 'upper_boundary',
@@ -283,3 +284,39 @@ def sequences_provenance(path, # sequences parquet
         raise ValueError(f"{path} has no provenance metadata (it was not written by k4-build-sequences); rebuild it, "
                          "or pass --no-provenance-check to use it anyway")
     return recorded
+
+# %% ../nbs/04a_scoring.ipynb #85934221
+CHUNK_ROWS = 1024   # sequences read at a time when streaming a file (~14 MB of float32 at L=50)
+
+def sequence_chunks(sequences, # sequences parquet
+                    chunk_rows:int=CHUNK_ROWS, # sequences per chunk (the last may hold fewer)
+                    rows:np.ndarray=None, # increasing row numbers to read; None: every row
+                   ): # yields (position of its first row among the rows read, X (k, L, 69) float32, mask (k, L) bool, meta)
+    "The sequences of a file, or some of its rows, in file order and in chunks of exactly `chunk_rows`, as `read_sequences` would hold them."
+    # One row group at a time and no pre-buffering: by default pyarrow reads ahead every column chunk it
+    # was asked for, which for a whole-file iterator is the whole file, in memory.
+    f, start, done, held = pq.ParquetFile(sequences, pre_buffer=False), 0, 0, []
+    for g in range(f.num_row_groups):
+        for batch in f.iter_batches(batch_size=chunk_rows, row_groups=[g]):
+            first, start = start, start + batch.num_rows
+            if rows is not None:
+                lo, hi = np.searchsorted(rows, [first, start])
+                batch = batch.take(pa.array(np.asarray(rows[lo:hi]) - first))
+            held.append(batch)
+            while sum(b.num_rows for b in held) >= chunk_rows:
+                t = pa.Table.from_batches(held)
+                held = t.slice(chunk_rows).to_batches()
+                yield done, *table_sequences(t.slice(0, chunk_rows))
+                done += chunk_rows
+    if sum(b.num_rows for b in held): yield done, *table_sequences(pa.Table.from_batches(held))
+
+def nonfinite_error(sequences, # the file, for the message
+                    meta:pd.DataFrame, # the metadata of the rows read (ticker, snapshot_date)
+                    rows:list, # positions of the rows holding a non-finite value
+                    features:np.ndarray, # (69,) bool: the features holding one
+                    n:int, # sequences read
+                   ) -> NonFiniteError: # `check_finite`'s error, word for word
+    "`check_finite`'s error, for bad rows found chunk by chunk."
+    shown = ', '.join(f"{meta['ticker'].iloc[i]} {pd.Timestamp(meta['snapshot_date'].iloc[i]).date()}" for i in rows[:5])
+    return NonFiniteError(f"{sequences}: non-finite values in {len(rows)} of {n} sequences, first rows (ticker snapshot_date): "
+                          f"{shown}{', ...' if len(rows) > 5 else ''}; features {[FEATURES[k] for k in np.flatnonzero(features)]}")

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHARED_FILES', 'exit_of', 'built_once', 'stage_inputs', 'trained_run', 'shared_run', 'source_hash',
-           'standalone_inputs', 'rewritten', 'wilder_loop', 'scan_inputs', 'one_bar_ahead', 'toy', 'flat_path',
-           'toy_trades', 'toy_episodes', 'simulate']
+           'standalone_inputs', 'rewritten', 'toy_sequences', 'wilder_loop', 'scan_inputs', 'one_bar_ahead', 'toy',
+           'flat_path', 'toy_trades', 'toy_episodes', 'simulate']
 
 # %% ../nbs/10_testing.ipynb #33bdbfaf
 import fcntl
@@ -25,7 +25,7 @@ import k4_nbdev
 from .data import build_store
 from .definitions import assign_signals, expected_value, K4, PROB_COLUMNS
 from .patterns import build_snapshots
-from .sequences import bar_features, build_sequences, read_sequences, sequence_table
+from .sequences import bar_features, build_sequences, FEATURES, read_sequences, sequence_table
 from .train import fit_model, load_training_data
 from .backtest import KEY
 
@@ -145,6 +145,29 @@ def rewritten(src, # a sequences parquet written by the builder
     table = sequence_table(X, mask, meta)
     pq.write_table(table.replace_schema_metadata(pq.read_schema(src).metadata), dst)
     return dst
+
+# %% ../nbs/10_testing.ipynb #0cc4a01d
+def toy_sequences(path, # parquet file to write
+                  n:int=30, # sequences
+                  rows_per_group:int=7, # rows per row group (the last group holds the rest)
+                  length:int=10, # timesteps per sequence
+                  seed:int=0, # seed of the values
+                 ): # path
+    "A sequences file of random rows in several row groups, in the builder's schema (without its provenance)."
+    rng = np.random.default_rng(seed)
+    X = rng.lognormal(size=(n, length, len(FEATURES))).astype(np.float32)
+    mask = np.arange(length)[None, :] >= rng.integers(0, length // 2, n)[:, None]   # padding on the left
+    X[~mask] = 0
+    days = pd.bdate_range('2024-01-01', periods=n + length).to_numpy()
+    dates = np.stack([days[i:i + length] for i in range(n)]); dates[~mask] = np.datetime64('NaT')
+    snap = dates[:, -1]
+    meta = pd.DataFrame({'pattern_id': [f'T_{i // 3}' for i in range(n)], 'ticker': 'T', 'start_date': snap,
+                         'activation_date': snap, 'snapshot_date': snap, 'upper_boundary': 1.1, 'lower_boundary': 0.9,
+                         'power_boundary': 1.2, 'start_price': 1.0, 'days_qualifying': 10, 'days_since_activation': 0,
+                         'outcome_class': rng.integers(0, 6, n), 'label_end_date': snap,
+                         'days_in_pattern': rng.integers(1, length, n), 'n_undefined': 0, 'sequence_dates': list(dates)})
+    pq.write_table(sequence_table(X, mask, meta), path, row_group_size=rows_per_group)
+    return path
 
 # %% ../nbs/10_testing.ipynb #e31d9fbc
 def wilder_loop(x:np.ndarray, # inputs of the recursion

@@ -13,7 +13,7 @@ from k4_nbdev.core import fingerprint
 from k4_nbdev.data import read_store
 from k4_nbdev.core import read_metadata
 from k4_nbdev.predict import (SCAN_COLUMNS, predict,
-                              predict_cli, prediction_summary, prediction_table, scan, scan_cli, score_sequences)
+                              predict_cli, prediction_summary, prediction_table, scan, scan_cli, batch_probs, check_probs)
 from k4_nbdev.sequences import FEATURES
 from k4_nbdev.definitions import PROB_COLUMNS, assign_signals, expected_value
 from k4_nbdev.scoring import check_dates, load_checkpoint
@@ -212,7 +212,7 @@ def test_non_finite_probabilities_are_never_written():
     X = np.ones((3, 4, len(FEATURES)), np.float32); mask = np.ones((3, 4), bool)
     scaler = {'mean': [0.0] * len(FEATURES), 'std': [1.0] * len(FEATURES), 'clip_sd': 10.0}
     with pytest.raises(ValueError, match=r'm\.pt gave non-finite probabilities .* 3 of 3 sequences'):
-        score_sequences(NaNModel(), X, mask, scaler, source='m.pt')
+        check_probs(batch_probs(NaNModel(), X, mask, scaler), 'm.pt')
 
 
 def test_sequences_without_provenance_refused_unless_asked(run, tmp_path, capsys):

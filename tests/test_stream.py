@@ -1,17 +1,25 @@
-"Training streamed through pre-scaled memory maps equals training from arrays in memory, bit for bit, and holds a chunk, not the file."
+"Streaming equals reading whole: training through pre-scaled memory maps, prediction, the baselines and the ceilings read a chunk at a time give the numbers of the arrays in memory, bit for bit, and hold a chunk, not the file."
 import json
 import tracemalloc
 import warnings
+from functools import partial
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+import k4_nbdev.references as references
 import k4_nbdev.train as train_module
-from k4_nbdev.scoring import apply_scaler, fit_scaler, load_checkpoint
-from k4_nbdev.train import CACHE_DIR, RUN_FILES, TRAIN_FIGURES, fit_model, load_training_data, open_scaled, train_cli, write_scaled
+from k4_nbdev.predict import batch_probs, predict, prediction_table, score_file
+from k4_nbdev.references import lightgbm_baseline, observable_model, precursor_baseline, read_truth
+from k4_nbdev.scoring import (apply_scaler, checkpoint_calibration, fit_scaler, load_checkpoint, model_from_checkpoint,
+                              sequence_chunks)
+from k4_nbdev.sequences import read_sequences
+from k4_nbdev.train import (CACHE_DIR, checkpoint_probs, fit_model, load_training_data, open_scaled, RECIPE, RUN_FILES,
+                            TRAIN_FIGURES, train_cli, write_scaled)
 from k4_nbdev.testing import exit_of
 
 KW = dict(model_size='small', epochs=2, batch_size=7, seed=0, verbose=False, progress=False)
@@ -109,3 +117,49 @@ def test_streamed_write_holds_a_chunk_not_the_file(sequences, tmp_path):
     row_bytes = 50 * 69 * 4
     n_small = pq.ParquetFile(small).metadata.num_rows
     assert p_big - p_small < 0.1 * 5 * n_small * row_bytes, (p_small, p_big)   # in memory the growth would be 5 × n rows, more with copies
+
+
+@pytest.fixture(scope='module')
+def grouped(sequences, tmp_path_factory):
+    "The tiny sequences in row groups of 16, so that chunks of another size cut across them."
+    return _repeated(sequences, tmp_path_factory.mktemp('grouped') / 'sequences.parquet', 1)
+
+
+def test_chunks_are_the_file_or_the_rows_asked_for(grouped):
+    X, mask, meta = read_sequences(grouped)
+    for rows in (None, np.arange(3, len(X), 5)):
+        picked = np.arange(len(X)) if rows is None else rows
+        chunks = list(sequence_chunks(grouped, 10, rows))
+        assert [c[0] for c in chunks] == list(range(0, len(picked), 10)) and all(len(c[1]) == 10 for c in chunks[:-1])
+        assert np.array_equal(np.concatenate([c[1] for c in chunks]), X[picked])
+        assert np.array_equal(np.concatenate([c[2] for c in chunks]), mask[picked])
+        assert pd.concat([c[3] for c in chunks])['pattern_id'].tolist() == meta['pattern_id'].iloc[picked].tolist()
+
+
+def test_streamed_references_equal_the_in_memory_ones(grouped, tiny, monkeypatch):
+    "LightGBM, the precursor baseline, the observable ceiling and a checkpoint's probabilities: the same numbers streamed as from memory."
+    held, streamed = load_training_data(grouped), load_training_data(grouped, stream=True)
+    probs = lambda data: checkpoint_probs(tiny / 'model' / 'best.pt', data, data['val'])
+    assert np.array_equal(probs(streamed), probs(held))
+    monkeypatch.setattr(references, 'sequence_chunks', partial(sequence_chunks, chunk_rows=16))   # several chunks of the tiny file
+    episodes = read_truth(tiny / 'episodes.parquet')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # no K4 among the tiny market's fitting rows
+        for fit in (lambda d: lightgbm_baseline(d, k4_weight=RECIPE.k4_weight, seed=0, rounds=20),
+                    lambda d: precursor_baseline(d, k4_weight=RECIPE.k4_weight)):
+            assert np.array_equal(fit(streamed)['probs'], fit(held)['probs'])
+    a, b = (observable_model(d, d['val'], d['train'], episodes) for d in (streamed, held))
+    assert np.array_equal(a['score'], b['score']) and np.array_equal(a['ev'], b['ev'])
+
+
+def test_predictions_scored_a_chunk_at_a_time_equal_the_whole_array(grouped, tiny, tmp_path):
+    best = tiny / 'model' / 'best.pt'
+    ck = load_checkpoint(best)
+    net, calibration = model_from_checkpoint(ck), checkpoint_calibration(ck, str(best))
+    X, mask, meta = read_sequences(grouped)
+    chunked, chunked_meta = score_file(net, grouped, ck['scaler'], 8, calibration=calibration, chunk_rows=20)   # chunks of 16
+    assert np.array_equal(chunked, batch_probs(net, X, mask, ck['scaler'], 8, calibration=calibration))
+    preds = predict(best, grouped, tmp_path / 'p.parquet', provenance_check=False)
+    whole = prediction_table(meta, batch_probs(net, X, mask, ck['scaler'], calibration=calibration))
+    pd.testing.assert_frame_equal(preds.drop(columns='sequence_dates'), whole.drop(columns='sequence_dates'))
+    assert np.array_equal(np.stack(preds['sequence_dates']), np.stack(whole['sequence_dates']))
