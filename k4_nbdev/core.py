@@ -8,7 +8,7 @@ __all__ = ['USER_ERRORS', 'SCHEDULERS', 'SCALE_EXTRA', 'TEMPORARY', 'LOCK_FILE',
            'check_flag', 'same_or_inside', 'check_outputs', 'os_error_line', 'flag_name', 'script_name', 'command',
            'progress_bar', 'reader_number', 'reader_display', 'check_scheduler', 'job_map', 'pid_alive',
            'clear_dead_temporaries', 'atomic_folder', 'check_new_output', 'folder_lock', 'library_cache',
-           'build_library']
+           'build_library', 'release_pages']
 
 # %% ../nbs/00_core.ipynb #9cb97660
 import argparse
@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import logging
+import mmap
 import os
 import platform
 import re
@@ -405,3 +406,10 @@ def _compile(cc:str, flags:tuple, source:str, path:Path):
             raise OSError(next((l for l in done.stderr.splitlines() if 'error' in l), done.stderr.strip()[:200]))
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
+
+# %% ../nbs/00_core.ipynb #64378677
+def release_pages(*arrays) -> None:
+    "Unmap the pages of memory-mapped arrays (numpy memmaps) from this process; the file keeps the data. Other arrays are left alone."
+    for a in arrays:
+        m = getattr(a, '_mmap', None)
+        if m is not None and hasattr(m, 'madvise'): m.madvise(mmap.MADV_DONTNEED)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .core import atomic_write, check_flag, read_metadata, UsageError
+from .core import atomic_write, check_flag, read_metadata, release_pages, UsageError
 from .model import create_mamba_attention_model
 from .sequences import FEATURES, NonFiniteError, table_sequences
 
@@ -116,6 +116,7 @@ def predict_logits(model:torch.nn.Module, # trained network
             x = torch.as_tensor(X[i:i + batch_size], device=device)
             m = torch.as_tensor(mask[i:i + batch_size] != 0, device=device)
             out.append(model(x, m).float().cpu().numpy())
+            release_pages(X)   # a memory-mapped X: its pages leave the process once scored
     return np.concatenate(out) if out else np.zeros((0, 6), np.float32)
 
 def predict_proba(model:torch.nn.Module, # trained network

@@ -7,7 +7,8 @@ __all__ = ['RECIPE', 'RUN_FILES', 'CACHE_DIR', 'TRAIN_FIGURES', 'SIGNAL_COMPARIS
            'split_table', 'walk_forward_folds', 'selection_split', 'param_groups', 'check_settings', 'load_resume',
            'epoch_order', 'warmup_cosine', 'train', 'calibrate', 'processes', 'shard', 'fold_data',
            'load_training_data', 'check_resume_data', 'fit_model', 'checkpoint_probs', 'read_sequence_meta',
-           'write_scaled', 'open_scaled', 'scaled_sides', 'plot_history', 'train_stage', 'train_cli']
+           'write_scaled', 'open_scaled', 'MappedRows', 'batch_rows', 'scaled_sides', 'plot_history', 'train_stage',
+           'train_cli']
 
 # %% ../nbs/05_train.ipynb #4e3df7c2
 import gc
@@ -33,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 import k4_nbdev
-from .core import (atomic_folder, atomic_write, check_flag, check_new_output, check_outputs, command,
+from .core import (atomic_folder, atomic_write, check_flag, check_new_output, check_outputs, command, release_pages,
                            fingerprint, folder_lock, progress_bar, same_or_inside, save_figure, UsageError)
 from .definitions import CLASS_NAMES, K4, STRATEGIC_VALUES
 from .loss import CLASS_WEIGHTS, LOSSES, make_loss
@@ -368,7 +369,7 @@ def train(X_train:np.ndarray, m_train:np.ndarray, y_train:np.ndarray, # scaled f
         net = _parallel(model, world, device)
         base = {'format': CHECKPOINT_FORMAT, 'version': k4_nbdev.__version__, 'run_id': run_id, 'config': config,
                 'feature_names': list(FEATURES), 'class_names': list(CLASS_NAMES), 'strategic_values': list(STRATEGIC_VALUES), **meta}
-        tensors = torch.as_tensor(X_train), torch.as_tensor(m_train != 0), torch.as_tensor(y_train, dtype=torch.long)
+        tensors = batch_rows(X_train), torch.as_tensor(m_train != 0), torch.as_tensor(y_train, dtype=torch.long)
         show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
         for epoch in range(state['epoch'] + 1, epochs + 1):
             if state['stale'] >= patience: break
@@ -585,9 +586,13 @@ def write_scaled(sequences, # sequences parquet
             for s, r in rows.items():
                 lo, hi = np.searchsorted(r, [row, row + len(X)])
                 if hi > lo: maps[s][lo:hi] = relative_inputs(X[r[lo:hi] - row], mask[r[lo:hi] - row])
+            release_pages(*maps.values())   # written pages stay in the file, not in this process
         if bad_rows: raise nonfinite_error(sequences, data['meta'], bad_rows, bad_features, f.metadata.num_rows)
         # pass 2: the scaler of the fitting rows, read back a chunk at a time
-        pieces = lambda s: ((maps[s][i:i + chunk_rows], data['mask'][rows[s][i:i + chunk_rows]]) for i in range(0, len(rows[s]), chunk_rows))
+        def pieces(s):
+            for i in range(0, len(rows[s]), chunk_rows):
+                yield maps[s][i:i + chunk_rows], data['mask'][rows[s][i:i + chunk_rows]]
+                release_pages(maps[s])
         scaler = fit_scaler_pieces(lambda: pieces('fit'))
         # pass 3: scale in place
         for s in rows:
@@ -604,6 +609,22 @@ def open_scaled(folder, # written by `write_scaled`
     "A side's scaled sequences as a copy-on-write memory map (torch shares its pages; a batch reads only its rows)."
     X = np.load(Path(folder) / f'{side}.npy', mmap_mode='c')
     return X, data['mask'][data[side]], data['y'][data[side]]
+
+class MappedRows:
+    "The rows of a memory-mapped side, read with `pread` into a batch: the file's pages stay in the page cache, not in this process."
+    def __init__(self, X:np.memmap):
+        self.fd, self.offset = os.open(X.filename, os.O_RDONLY), X.offset
+        self.shape, self.row_bytes = X.shape, X[0].nbytes
+    def __len__(self): return self.shape[0]
+    def __getitem__(self, rows:torch.Tensor) -> torch.Tensor: # rows of a batch, in its order
+        out = np.empty((len(rows), *self.shape[1:]), np.float32)
+        for k, r in enumerate(rows.tolist()): os.preadv(self.fd, [out[k]], self.offset + r * self.row_bytes)
+        return torch.from_numpy(out)
+    def __del__(self): os.close(self.fd)
+
+def batch_rows(X:np.ndarray): # a side's sequences, in memory or a memory map (`open_scaled`)
+    "What training indexes with a batch's rows: a tensor sharing `X`, or for a memory map `MappedRows` (a map read at random would keep every page it touched, and the page cache maps large folios: 1,024 random rows mapped 0.5 GB)."
+    return MappedRows(X) if isinstance(X, np.memmap) and X.dtype == np.float32 and X.flags.c_contiguous else torch.as_tensor(X)
 
 @contextmanager
 def scaled_sides(data:dict, # from `load_training_data`: in memory (X) or streamed (X None)
