@@ -440,9 +440,9 @@ def selective_scan(u:torch.Tensor, delta:torch.Tensor, A:torch.Tensor, B:torch.T
     if kernel not in SCAN_KERNELS: raise ValueError(f"kernel must be one of {SCAN_KERNELS}, got {kernel!r}")
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     fits = all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
-    if kernel == 'compiled' and not (fits and compiled_scan()[0]):
-        raise ValueError('the compiled scan needs float32 tensors on the CPU and a built kernel '
-                         f'({compiled_scan()[1] or "built"})')
+    if kernel == 'compiled' and not fits:
+        raise ValueError(f"the compiled scan needs float32 tensors on the CPU, got {sorted({f'{t.dtype} on {t.device}' for t in tensors})}")
+    if kernel == 'compiled' and not compiled_scan()[0]: raise ValueError(f"the compiled scan is not built here: {compiled_scan()[1]}")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if kernel != 'torch' and fits and compiled_scan()[0]:
         args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -28,8 +28,8 @@ from .definitions import (assign_signals, CLASS_NAMES, expected_value, K5, K5_AV
 from .model import MODEL_SIZES
 from .patterns import find_patterns, indicators, qualifies, SNAPSHOT_COLUMNS
 from .scoring import (apply_scaler, check_dates, check_device, checkpoint_calibration, CHUNK_ROWS, load_checkpoint,
-                              model_from_checkpoint, nonfinite_error, predict_proba, sequence_chunks, sequences_provenance)
-from .sequences import empty_sequences, FEATURES, ticker_sequences
+                              model_from_checkpoint, predict_proba, sequence_chunks, sequences_provenance)
+from .sequences import empty_sequences, FEATURES, nonfinite_error, ticker_sequences
 
 
 # %% ../nbs/06_predict.ipynb #bfbf8bc6

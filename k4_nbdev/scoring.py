@@ -7,7 +7,7 @@ __all__ = ['PRICE_FEATURES', 'VOLUME_FEATURES', 'CLIP_SD', 'TEMPERATURE_RANGE', 
            'CHUNK_ROWS', 'relative_inputs', 'fit_scaler', 'fit_scaler_pieces', 'scale_relative', 'apply_scaler',
            'calibrated_proba', 'predict_logits', 'predict_proba', 'fit_calibration', 'check_calibration',
            'checkpoint_calibration', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_dates',
-           'check_device', 'sequences_provenance', 'sequence_chunks', 'nonfinite_error']
+           'check_device', 'sequences_provenance', 'sequence_chunks']
 
 # %% ../nbs/04a_scoring.ipynb #7c1c81f6
 import errno
@@ -23,7 +23,7 @@ import torch
 
 from .core import atomic_write, check_flag, read_metadata, release_pages, UsageError
 from .model import create_mamba_attention_model
-from .sequences import FEATURES, NonFiniteError, table_sequences
+from .sequences import FEATURES, table_sequences
 
 # %% ../nbs/04a_scoring.ipynb #9c473937
 PRICE_FEATURES = ['current_price', 'current_high', 'current_low', 'baseline_volatility', 'start_price', 'upper_boundary',
@@ -310,14 +310,3 @@ def sequence_chunks(sequences, # sequences parquet
                 yield done, *table_sequences(t.slice(0, chunk_rows))
                 done += chunk_rows
     if sum(b.num_rows for b in held): yield done, *table_sequences(pa.Table.from_batches(held))
-
-def nonfinite_error(sequences, # the file, for the message
-                    meta:pd.DataFrame, # the metadata of the rows read (ticker, snapshot_date)
-                    rows:list, # positions of the rows holding a non-finite value
-                    features:np.ndarray, # (69,) bool: the features holding one
-                    n:int, # sequences read
-                   ) -> NonFiniteError: # `check_finite`'s error, word for word
-    "`check_finite`'s error, for bad rows found chunk by chunk."
-    shown = ', '.join(f"{meta['ticker'].iloc[i]} {pd.Timestamp(meta['snapshot_date'].iloc[i]).date()}" for i in rows[:5])
-    return NonFiniteError(f"{sequences}: non-finite values in {len(rows)} of {n} sequences, first rows (ticker snapshot_date): "
-                          f"{shown}{', ...' if len(rows) > 5 else ''}; features {[FEATURES[k] for k in np.flatnonzero(features)]}")

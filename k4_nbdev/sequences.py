@@ -9,10 +9,10 @@ __all__ = ['FEATURES', 'PATTERN_FEATURES', 'BAR_FEATURES', 'EBP_WINDOW', 'DATE_C
            'lpf_features', 'derived_features', 'bar_features', 'SequenceInputError', 'TemporalIntegrityError',
            'require_columns', 'check_snapshots', 'describe_problems', 'pattern_positions', 'window_features',
            'finalize', 'ticker_sequences', 'iter_sequences', 'empty_sequences', 'market_sequences', 'NonFiniteError',
-           'check_finite', 'validate_sequences', 'sequence_schema', 'sequence_table', 'write_sequences',
-           'read_sequences', 'audit_sequences', 'table_sequences', 'iter_sequence_parts', 'write_sequences_in_parts',
-           'recorded_fingerprint', 'input_mismatch', 'build_sequences', 'build_sequences_cli', 'plot_sequence',
-           'plot_class_distributions']
+           'nonfinite_error', 'check_finite', 'validate_sequences', 'sequence_schema', 'sequence_table',
+           'write_sequences', 'read_sequences', 'audit_sequences', 'table_sequences', 'iter_sequence_parts',
+           'write_sequences_in_parts', 'recorded_fingerprint', 'input_mismatch', 'build_sequences',
+           'build_sequences_cli', 'plot_sequence', 'plot_class_distributions']
 
 # %% ../nbs/02_sequences.ipynb #8b648bd4
 import os
@@ -404,17 +404,24 @@ def market_sequences(frames:dict, # ticker -> OHLCV frame
 class NonFiniteError(ValueError):
     "Sequences holding an infinite or NaN value; the message names the file, the rows and the features."
 
+def nonfinite_error(where:str, # what the sequences are (the file they come from or were to be written to)
+                    meta:pd.DataFrame, # the metadata of the rows read (`ticker`, `snapshot_date`)
+                    rows:list, # positions of the rows holding a non-finite value
+                    features:np.ndarray, # (69,) bool: the features holding one
+                    n:int, # sequences read
+                   ) -> NonFiniteError:
+    "The error naming the bad rows (ticker, snapshot date) and features: for `check_finite`, and for readers that find bad rows chunk by chunk."
+    shown = ', '.join(f"{meta['ticker'].iloc[i]} {pd.Timestamp(meta['snapshot_date'].iloc[i]).date()}" for i in rows[:5])
+    return NonFiniteError(f"{where}: non-finite values in {len(rows)} of {n} sequences, first rows (ticker snapshot_date): "
+                          f"{shown}{', ...' if len(rows) > 5 else ''}; features {[FEATURES[k] for k in np.flatnonzero(features)]}")
+
 def check_finite(X:np.ndarray, # (N, L, 69)
                  meta:pd.DataFrame, # with `ticker` and `snapshot_date`
                  where:str='sequences', # what they are (the file they were to be written to)
                 ):
     "Raise `NonFiniteError` naming the rows (ticker, snapshot date) and the feature columns that are not finite."
     bad = ~np.isfinite(X)
-    if not bad.any(): return
-    rows, features = np.flatnonzero(bad.any(axis=(1, 2))), np.flatnonzero(bad.any(axis=(0, 1)))
-    shown = ', '.join(f"{meta['ticker'].iloc[i]} {pd.Timestamp(meta['snapshot_date'].iloc[i]).date()}" for i in rows[:5])
-    raise NonFiniteError(f"{where}: non-finite values in {len(rows)} of {len(X)} sequences, first rows (ticker snapshot_date): "
-                         f"{shown}{', ...' if len(rows) > 5 else ''}; features {[FEATURES[k] for k in features]}")
+    if bad.any(): raise nonfinite_error(where, meta, np.flatnonzero(bad.any(axis=(1, 2))), bad.any(axis=(0, 1)), len(X))
 
 def validate_sequences(X:np.ndarray, # (N, L, 69)
                        mask:np.ndarray, # (N, L) bool

@@ -41,9 +41,9 @@ from .loss import CLASS_WEIGHTS, LOSSES, make_loss
 from .model import BACKENDS, create_mamba_attention_model, MODEL_SIZES, resolve_backend
 from .scoring import (apply_scaler, calibrated_proba, check_dates, check_device, CHECKPOINT_FORMAT, CHUNK_ROWS,
                               fit_calibration, fit_scaler, fit_scaler_pieces, load_checkpoint, model_from_checkpoint,
-                              nonfinite_error, predict_logits, predict_proba, relative_inputs, save_checkpoint,
+                              predict_logits, predict_proba, relative_inputs, save_checkpoint,
                               scale_relative, sequence_chunks, sequences_provenance)
-from .sequences import check_finite, FEATURES, read_sequences
+from .sequences import check_finite, FEATURES, nonfinite_error, read_sequences
 from .metrics import calibration_error, classification_metrics
 from .references import (headline_sentence, LIGHTGBM, lightgbm_baseline, MODEL,
                                  model_comparison, model_signals, OBSERVABLE, observable_model, ORACLE, oracle_model,
